@@ -1,0 +1,154 @@
+//! The access rules, in one place. Every vault route (REST and stream) asks
+//! [`vault_for`] before it touches a vault.
+//!
+//! - read (and stream): the caller's work session owns the vault, or the
+//!   caller's client id is in its writer list, or a read-only link names it;
+//! - write content: only callers in the vault's work session;
+//! - set the summary: the read rule, except that links are read-only;
+//! - manage read-only links: the read rule, sessions only.
+
+use crate::auth::{Caller, Principal};
+use crate::error::ApiError;
+use crate::store::{Store, Vault};
+
+/// What a caller wants to do with a vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Write,
+    SetSummary,
+    ManageLinks,
+}
+
+/// Whether `caller` may do `action` on `vault`.
+pub fn allows(caller: &Caller, vault: &Vault, action: Action) -> bool {
+    match &caller.principal {
+        Principal::Session { work_session, .. } => {
+            let in_session = *work_session == vault.work_session;
+            let past_writer = vault.writers.iter().any(|w| *w == caller.client_id);
+            match action {
+                Action::Write => in_session,
+                Action::Read | Action::SetSummary | Action::ManageLinks => {
+                    in_session || past_writer
+                }
+            }
+        }
+        Principal::Link { vault_id, .. } => *vault_id == vault.id && action == Action::Read,
+    }
+}
+
+/// Loads a vault the caller may act on: 404 when there is none, 403 when the
+/// rules say no.
+pub async fn vault_for(
+    store: &dyn Store,
+    caller: &Caller,
+    vault_id: &str,
+    action: Action,
+) -> Result<Vault, ApiError> {
+    // A link names one vault; answer the same 404 for every other id so a
+    // link cannot be used to probe for vaults.
+    if let Principal::Link {
+        vault_id: linked, ..
+    } = &caller.principal
+    {
+        if linked != vault_id {
+            return Err(ApiError::NotFound("no such vault".into()));
+        }
+    }
+    let vault = store
+        .vault(vault_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such vault".into()))?;
+    if allows(caller, &vault, action) {
+        Ok(vault)
+    } else {
+        Err(ApiError::Forbidden(refusal(caller, action).into()))
+    }
+}
+
+fn refusal(caller: &Caller, action: Action) -> &'static str {
+    match (&caller.principal, action) {
+        (Principal::Link { .. }, _) => "a read-only link can only read its vault",
+        (_, Action::Write) => {
+            "only sessions of the vault's work session may write to it; ask its astation owner for a session"
+        }
+        _ => "this vault belongs to another work session and this client id never wrote to it",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn vault() -> Vault {
+        Vault {
+            id: "v-1".into(),
+            summary: String::new(),
+            work_session: "a-home".into(),
+            creator: "c1".into(),
+            created_at: Utc::now(),
+            writers: vec!["past-writer".into()],
+            head_seq: 0,
+        }
+    }
+
+    fn session(work: &str, client: &str) -> Caller {
+        Caller {
+            principal: Principal::Session {
+                session_hash: "h".into(),
+                work_session: work.into(),
+            },
+            client_id: client.into(),
+        }
+    }
+
+    #[test]
+    fn members_of_the_work_session_may_do_everything() {
+        let c = session("a-home", "anyone");
+        for a in [
+            Action::Read,
+            Action::Write,
+            Action::SetSummary,
+            Action::ManageLinks,
+        ] {
+            assert!(allows(&c, &vault(), a), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn past_writers_elsewhere_may_read_and_summarize_but_not_write() {
+        let c = session("a-away", "past-writer");
+        assert!(allows(&c, &vault(), Action::Read));
+        assert!(allows(&c, &vault(), Action::SetSummary));
+        assert!(!allows(&c, &vault(), Action::Write));
+    }
+
+    #[test]
+    fn strangers_may_do_nothing() {
+        let c = session("a-away", "stranger");
+        for a in [
+            Action::Read,
+            Action::Write,
+            Action::SetSummary,
+            Action::ManageLinks,
+        ] {
+            assert!(!allows(&c, &vault(), a), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn links_only_read_their_own_vault() {
+        let mut c = session("x", "viewer");
+        c.principal = Principal::Link {
+            link_id: "l".into(),
+            vault_id: "v-1".into(),
+        };
+        assert!(allows(&c, &vault(), Action::Read));
+        assert!(!allows(&c, &vault(), Action::SetSummary));
+        assert!(!allows(&c, &vault(), Action::Write));
+        let mut other = vault();
+        other.id = "v-2".into();
+        assert!(!allows(&c, &other, Action::Read));
+    }
+}

@@ -1,0 +1,506 @@
+//! Who is calling: sessions, astations, the admin token, read-only links,
+//! and the pairing rules that turn a pending session into a granted one.
+//!
+//! Handlers never parse credentials themselves; they take a [`Caller`],
+//! [`AstationAuth`] or [`AdminAuth`] extractor, or call the pairing functions
+//! here.
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiQuery};
+use crate::secrets;
+use crate::state::AppState;
+use crate::store::{Astation, ReadLink, SessionRecord, SessionState, Store};
+
+/// Wrong one-time codes a pending session tolerates before it is denied.
+pub const MAX_WRONG_CODES: i32 = 5;
+/// The longest client id (`?id=`) accepted, in characters.
+pub const MAX_CLIENT_ID_CHARS: usize = 128;
+/// The longest hostname or astation name accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// The credential a vault request authenticated with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A granted session; `work_session` is its astation's id.
+    Session {
+        session_hash: String,
+        work_session: String,
+    },
+    /// A read-only link to one vault.
+    Link { link_id: String, vault_id: String },
+}
+
+/// An authenticated vault caller: a principal and the client id it acts as.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    pub client_id: String,
+}
+
+/// The credential in an `Authorization` header.
+enum Credential<'a> {
+    Session(&'a str),
+    Link(&'a str),
+    Bearer(&'a str),
+}
+
+fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| {
+        ApiError::Unauthorized("the Authorization header is not readable text".into())
+    })?;
+    let (scheme, secret) = value.trim().split_once(' ').ok_or_else(|| {
+        ApiError::Unauthorized(
+            "the Authorization header must be `session <session_id>` or `Bearer <token>`".into(),
+        )
+    })?;
+    let secret = secret.trim();
+    Ok(Some(match scheme.to_ascii_lowercase().as_str() {
+        "session" => Credential::Session(secret),
+        "link" => Credential::Link(secret),
+        "bearer" => Credential::Bearer(secret),
+        _ => {
+            return Err(ApiError::Unauthorized(format!(
+                "unknown Authorization scheme `{scheme}`; use `session <session_id>`"
+            )));
+        }
+    }))
+}
+
+/// Checks a client id from `?id=`.
+pub fn validate_client_id(id: Option<&str>) -> Result<String, ApiError> {
+    let id = id.ok_or_else(|| {
+        ApiError::bad_request("missing query parameter `id`: add ?id=<client_id> to the URL")
+    })?;
+    if id.is_empty() || id.chars().count() > MAX_CLIENT_ID_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "the client id (`id`) must be 1 to {MAX_CLIENT_ID_CHARS} characters"
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "the client id (`id`) must not contain control characters",
+        ));
+    }
+    Ok(id.to_string())
+}
+
+/// Resolves a session id to its granted work session, or says why not.
+pub async fn granted_session(
+    store: &dyn Store,
+    session_id: &str,
+) -> Result<(String, String), ApiError> {
+    let hash = secrets::hash(session_id);
+    let record = store
+        .session(&hash)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown session; pair again to get one".into()))?;
+    usable_session(&record)?;
+    let work_session = record
+        .astation_id
+        .ok_or_else(|| ApiError::Internal("granted session without an astation".into()))?;
+    Ok((hash, work_session))
+}
+
+/// Says why a session cannot be used, if it cannot.
+fn usable_session(record: &SessionRecord) -> Result<(), ApiError> {
+    match public_status(record) {
+        "granted" => Ok(()),
+        "pending" => Err(ApiError::Unauthorized(
+            "this session is still pending: the astation owner must grant it first".into(),
+        )),
+        "expired" => Err(ApiError::Unauthorized(
+            "this session expired before it was granted; pair again".into(),
+        )),
+        "denied" => Err(ApiError::Unauthorized("this session was denied".into())),
+        _ => Err(ApiError::Unauthorized(
+            "this session was revoked; pair again".into(),
+        )),
+    }
+}
+
+/// Resolves a read-only link secret, or says why it does not work.
+pub async fn live_link(store: &dyn Store, secret: &str) -> Result<ReadLink, ApiError> {
+    let link = store
+        .link_by_secret_hash(&secrets::hash(secret))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown link".into()))?;
+    if link.revoked {
+        return Err(ApiError::Unauthorized("this link was revoked".into()));
+    }
+    if link.expires_at <= Utc::now() {
+        return Err(ApiError::Unauthorized("this link has expired".into()));
+    }
+    Ok(link)
+}
+
+/// Re-checks that a principal is still valid (for long-lived streams).
+pub async fn still_valid(store: &dyn Store, principal: &Principal) -> Result<(), ApiError> {
+    match principal {
+        Principal::Session { session_hash, .. } => {
+            let record = store
+                .session(session_hash)
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown session".into()))?;
+            usable_session(&record)
+        }
+        Principal::Link { link_id, vault_id } => {
+            let links = store.links_for_vault(vault_id).await?;
+            match links.iter().find(|l| &l.link_id == link_id) {
+                Some(l) if !l.revoked && l.expires_at > Utc::now() => Ok(()),
+                _ => Err(ApiError::Unauthorized(
+                    "this link is no longer valid".into(),
+                )),
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ClientIdQuery {
+    id: Option<String>,
+}
+
+/// Resolves the `Authorization` header into a principal.
+pub async fn principal_from_headers(
+    store: &dyn Store,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    match credential(headers)? {
+        None => Err(ApiError::Unauthorized(
+            "missing credential: send the header `Authorization: session <session_id>`".into(),
+        )),
+        Some(Credential::Session(id)) => {
+            let (session_hash, work_session) = granted_session(store, id).await?;
+            Ok(Principal::Session {
+                session_hash,
+                work_session,
+            })
+        }
+        Some(Credential::Link(secret)) => {
+            let link = live_link(store, secret).await?;
+            Ok(Principal::Link {
+                link_id: link.link_id,
+                vault_id: link.vault_id,
+            })
+        }
+        Some(Credential::Bearer(_)) => Err(ApiError::Unauthorized(
+            "vault routes take `Authorization: session <session_id>`, not a bearer token".into(),
+        )),
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = principal_from_headers(state.store.as_ref(), &parts.headers).await?;
+        let ApiQuery(q) = ApiQuery::<ClientIdQuery>::from_request_parts(parts, state).await?;
+        let client_id = validate_client_id(q.id.as_deref())?;
+        Ok(Caller {
+            principal,
+            client_id,
+        })
+    }
+}
+
+/// A request authenticated with an astation's bearer token.
+pub struct AstationAuth(pub Astation);
+
+/// Resolves an optional astation bearer token; `Ok(None)` when there is no
+/// Authorization header at all.
+pub async fn optional_astation(
+    store: &dyn Store,
+    headers: &HeaderMap,
+) -> Result<Option<Astation>, ApiError> {
+    match credential(headers)? {
+        None => Ok(None),
+        Some(Credential::Bearer(token)) => store
+            .astation_by_token_hash(&secrets::hash(token))
+            .await?
+            .map(Some)
+            .ok_or_else(|| ApiError::Unauthorized("unknown astation token".into())),
+        Some(_) => Err(ApiError::Unauthorized(
+            "this route takes `Authorization: Bearer <astation token>`".into(),
+        )),
+    }
+}
+
+impl FromRequestParts<AppState> for AstationAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        optional_astation(state.store.as_ref(), &parts.headers)
+            .await?
+            .map(AstationAuth)
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "missing credential: send `Authorization: Bearer <astation token>`".into(),
+                )
+            })
+    }
+}
+
+/// A request authenticated with the admin token.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match credential(&parts.headers)? {
+            Some(Credential::Bearer(token))
+                if secrets::matches_hash(token, &state.settings.admin_token_hash) =>
+            {
+                Ok(AdminAuth)
+            }
+            Some(Credential::Bearer(_)) => Err(ApiError::Unauthorized("wrong admin token".into())),
+            _ => Err(ApiError::Unauthorized(
+                "send `Authorization: Bearer <admin token>` (RELAY_ADMIN_TOKEN)".into(),
+            )),
+        }
+    }
+}
+
+/// Checks and trims a person-given name (hostname, astation name).
+pub fn validate_name(field: &str, value: &str, required: bool) -> Result<String, ApiError> {
+    let value = value.trim();
+    if required && value.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` must not be empty"
+        )));
+    }
+    if value.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` is longer than {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` must not contain control characters"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// The status a client sees: the stored state, or `expired` for a pending
+/// session past its deadline.
+pub fn public_status(record: &SessionRecord) -> &'static str {
+    if record.state == SessionState::Pending && record.expires_at <= Utc::now() {
+        "expired"
+    } else {
+        record.state.as_str()
+    }
+}
+
+/// A new astation and its token (the only time the token exists in clear).
+pub async fn register_astation(
+    store: &dyn Store,
+    name: &str,
+) -> Result<(Astation, String), ApiError> {
+    let name = validate_name("name", name, true)?;
+    let token = secrets::astation_token();
+    let astation = Astation {
+        astation_id: secrets::astation_id(),
+        name,
+        created_at: Utc::now(),
+    };
+    store
+        .create_astation(&astation, &secrets::hash(&token))
+        .await?;
+    Ok((astation, token))
+}
+
+/// A pending pairing, as returned to the client that asked for it.
+pub struct Pending {
+    pub id: String,
+    pub otp: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Starts a pairing: a pending session with a one-time code.
+pub async fn start_pairing(
+    store: &dyn Store,
+    hostname: &str,
+    ttl: std::time::Duration,
+) -> Result<Pending, ApiError> {
+    let id = secrets::session_id();
+    let otp = secrets::otp();
+    let now = Utc::now();
+    let expires_at = now
+        + chrono::Duration::from_std(ttl)
+            .map_err(|_| ApiError::Internal("pairing TTL out of range".into()))?;
+    store
+        .insert_session(&SessionRecord {
+            id_hash: secrets::hash(&id),
+            hostname: hostname.to_string(),
+            state: SessionState::Pending,
+            astation_id: None,
+            otp_hash: Some(secrets::hash(&otp)),
+            failed_attempts: 0,
+            expires_at,
+            created_at: now,
+        })
+        .await?;
+    Ok(Pending {
+        id,
+        otp,
+        expires_at,
+    })
+}
+
+/// A session minted directly by an astation: granted from the start.
+pub async fn mint_session(
+    store: &dyn Store,
+    astation: &Astation,
+    hostname: &str,
+) -> Result<String, ApiError> {
+    let id = secrets::session_id();
+    let now = Utc::now();
+    store
+        .insert_session(&SessionRecord {
+            id_hash: secrets::hash(&id),
+            hostname: hostname.to_string(),
+            state: SessionState::Granted,
+            astation_id: Some(astation.astation_id.clone()),
+            otp_hash: None,
+            failed_attempts: 0,
+            // Not pending, so never expires by this field.
+            expires_at: now,
+            created_at: now,
+        })
+        .await?;
+    Ok(id)
+}
+
+async fn pairing_session(store: &dyn Store, session_id: &str) -> Result<SessionRecord, ApiError> {
+    store
+        .session(&secrets::hash(session_id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such session".into()))
+}
+
+/// The public status of a session.
+pub async fn session_status(store: &dyn Store, session_id: &str) -> Result<&'static str, ApiError> {
+    Ok(public_status(&pairing_session(store, session_id).await?))
+}
+
+/// Says why a session that is not pending cannot be granted or denied.
+fn not_pending(status: &str) -> ApiError {
+    match status {
+        "expired" => ApiError::Gone("this pairing expired; the client must start a new one".into()),
+        other => ApiError::Conflict(format!("this session is {other}, not pending")),
+    }
+}
+
+/// Grants a pending session to `astation` if `otp` is its code.
+pub async fn grant(
+    store: &dyn Store,
+    session_id: &str,
+    otp: &str,
+    astation: &Astation,
+) -> Result<(), ApiError> {
+    let record = pairing_session(store, session_id).await?;
+    let status = public_status(&record);
+    if status != "pending" {
+        return Err(not_pending(status));
+    }
+    let code_ok = record
+        .otp_hash
+        .as_deref()
+        .is_some_and(|h| secrets::matches_hash(otp.trim(), h));
+    if !code_ok {
+        let after = store
+            .record_failed_code(&record.id_hash, MAX_WRONG_CODES)
+            .await?;
+        let left = MAX_WRONG_CODES - after.failed_attempts;
+        return Err(if after.state == SessionState::Denied {
+            ApiError::Forbidden(
+                "wrong code; too many wrong codes, so the session is now denied".into(),
+            )
+        } else {
+            ApiError::Forbidden(format!("wrong code; {left} attempt(s) left"))
+        });
+    }
+    let granted = store
+        .transition_session(
+            &record.id_hash,
+            SessionState::Pending,
+            SessionState::Granted,
+            Some(&astation.astation_id),
+        )
+        .await?;
+    if !granted {
+        // Someone else resolved it between our read and our write.
+        let now = pairing_session(store, session_id).await?;
+        return Err(not_pending(public_status(&now)));
+    }
+    Ok(())
+}
+
+/// Denies a pending session.
+pub async fn deny(store: &dyn Store, session_id: &str) -> Result<(), ApiError> {
+    let record = pairing_session(store, session_id).await?;
+    let status = public_status(&record);
+    if status != "pending" {
+        return Err(not_pending(status));
+    }
+    if !store
+        .transition_session(
+            &record.id_hash,
+            SessionState::Pending,
+            SessionState::Denied,
+            None,
+        )
+        .await?
+    {
+        let now = pairing_session(store, session_id).await?;
+        return Err(not_pending(public_status(&now)));
+    }
+    Ok(())
+}
+
+/// Revokes a session. Allowed with the session itself, or with the token of
+/// the astation it is bound to.
+pub async fn revoke(
+    store: &dyn Store,
+    session_id: &str,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let record = pairing_session(store, session_id).await?;
+    match credential(headers)? {
+        Some(Credential::Session(presented)) => {
+            if !secrets::matches_hash(presented, &record.id_hash) {
+                return Err(ApiError::Forbidden(
+                    "a session can only revoke itself; use its astation token for others".into(),
+                ));
+            }
+        }
+        Some(Credential::Bearer(token)) => {
+            let astation = store
+                .astation_by_token_hash(&secrets::hash(token))
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown astation token".into()))?;
+            if record.astation_id.as_deref() != Some(astation.astation_id.as_str()) {
+                return Err(ApiError::Forbidden(
+                    "this session is not bound to your astation".into(),
+                ));
+            }
+        }
+        _ => {
+            return Err(ApiError::Unauthorized(
+                "send `Authorization: session <that id>` or `Bearer <its astation token>`".into(),
+            ));
+        }
+    }
+    store.revoke_session(&record.id_hash).await?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Every setting of the relay. Each one is a flag and an environment
+//! variable; the README's configuration table lists them all.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The command line: serve by default, or run an operator subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vault-relay",
+    version,
+    about = "Shared, live vaults for teams of coding agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Operator subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register, list and remove astations directly in DATABASE_URL.
+    #[command(subcommand)]
+    Astation(AstationCommand),
+    /// Act on sessions as an astation (token from ASTATION_TOKEN).
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Print a vault's entries as they arrive, reconnecting on its own.
+    Watch(WatchArgs),
+}
+
+/// `vault-relay astation ...`
+#[derive(Debug, Subcommand)]
+pub enum AstationCommand {
+    /// Register an astation and print its token (shown once).
+    Add { name: String },
+    /// List registered astations.
+    List,
+    /// Remove an astation and revoke its sessions.
+    Remove { astation_id: String },
+}
+
+/// `vault-relay session ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Grant a pending session with the one-time code it shows.
+    Grant {
+        session_id: String,
+        code: String,
+        #[command(flatten)]
+        relay: RelayClientArgs,
+    },
+}
+
+/// How a client subcommand reaches a running relay.
+#[derive(Debug, Args)]
+pub struct RelayClientArgs {
+    /// Base URL of the relay.
+    #[arg(long, env = "RELAY_URL", default_value = "http://127.0.0.1:3000")]
+    pub relay_url: String,
+    /// The astation token that acts.
+    #[arg(long, env = "ASTATION_TOKEN", hide_env_values = true)]
+    pub astation_token: String,
+}
+
+/// `vault-relay watch ...`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The vault to watch.
+    pub vault_id: String,
+    /// Base URL of the relay.
+    #[arg(long, env = "RELAY_URL", default_value = "http://127.0.0.1:3000")]
+    pub relay_url: String,
+    /// Session id to authenticate with.
+    #[arg(long, env = "RELAY_SESSION", hide_env_values = true)]
+    pub session: String,
+    /// This client's id (`?id=`).
+    #[arg(long, env = "RELAY_CLIENT_ID", default_value = "watch")]
+    pub client_id: String,
+    /// Display name shown to other watchers.
+    #[arg(long, env = "ATEM_ID")]
+    pub atem_id: Option<String>,
+    /// Start after this seq instead of at the head.
+    #[arg(long)]
+    pub since: Option<i64>,
+}
+
+/// Serving configuration.
+#[derive(Clone, Debug, Args)]
+pub struct Config {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: IpAddr,
+    /// Postgres URL; unset means the in-memory store (nothing durable).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Largest Postgres pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// Bearer token for /api/admin; generated and printed once when unset.
+    #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Origin allowed to call the API from another site's pages
+    /// (e.g. https://dash.example.com); unset allows none.
+    #[arg(long, env = "CORS_ORIGIN")]
+    pub cors_origin: Option<String>,
+    /// The relay's public URL, used to build read-only links.
+    #[arg(long, env = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+    /// Largest entry text (and summary), in bytes.
+    #[arg(long, env = "MAX_ENTRY_BYTES", default_value_t = 256 * 1024)]
+    pub max_entry_bytes: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a pending pairing waits for its grant.
+    #[arg(long, env = "PAIRING_TTL_SECS", default_value_t = 300)]
+    pub pairing_ttl_secs: u64,
+    /// Directory of the browser viewer's files; found on its own when unset.
+    #[arg(long, env = "WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// Seconds between pings on an idle stream.
+    #[arg(long, env = "STREAM_PING_SECS", default_value_t = 20)]
+    pub stream_ping_secs: u64,
+    /// Frames a stream may have queued before it is treated as slow.
+    #[arg(long, env = "STREAM_BUFFER_FRAMES", default_value_t = 256)]
+    pub stream_buffer_frames: usize,
+    /// Seconds a read-only link lives unless the request says otherwise.
+    #[arg(long, env = "LINK_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub link_ttl_secs: u64,
+}
+
+impl Config {
+    /// Defaults for tests and embedding: port 0 on loopback, in-memory store.
+    pub fn for_tests() -> Self {
+        let mut cfg = Cli::parse_from(["vault-relay"]).config;
+        cfg.port = 0;
+        cfg.bind_addr = IpAddr::from([127, 0, 0, 1]);
+        cfg
+    }
+}

@@ -1,0 +1,176 @@
+//! The API's one error type. Every failure becomes a status that says who
+//! must act and a JSON body `{"error": "..."}` a person can act on. Faults
+//! (5xx) are logged with their detail; the body only says that it happened.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no usable credential.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid credential that the rules refuse.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the thing is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
+    /// 410: it existed and is gone (an expired pairing).
+    #[error("{0}")]
+    Gone(String),
+    /// 413: over a configured size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 415: the body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: the store cannot be reached; the detail is logged.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// 500: a real fault; the detail is logged, never sent.
+    #[error("internal fault: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Shorthand for a 400.
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError::BadRequest(msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "request failed");
+                "the relay hit an internal error; it has been logged".to_string()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(%detail, "store unavailable");
+                "the relay's database is unreachable; try again shortly".to_string()
+            }
+            other => other.to_string(),
+        };
+        (self.status(), Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::VaultNotFound => ApiError::NotFound("no such vault".into()),
+            StoreError::EntryNotFound(n) => ApiError::NotFound(format!(
+                "entry e{n} does not exist in this vault; omit entry_id to append a new entry"
+            )),
+            StoreError::AstationNotFound => ApiError::NotFound("no such astation".into()),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Fault(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+/// `axum::Json` with our error shape: 415 for a body that is not declared
+/// JSON, 413 over the body limit, 400 for anything else malformed.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "send the body as JSON with the header Content-Type: application/json".into(),
+        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::BadRequest(format!("the body is not valid JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => ApiError::BadRequest(format!(
+            "the JSON body has the wrong shape: {}",
+            e.body_text()
+        )),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::TooLarge("the request body is larger than the relay accepts".into())
+        }
+        other => ApiError::BadRequest(format!("could not read the body: {}", other.body_text())),
+    }
+}
+
+/// `axum::extract::Query` with our error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| {
+                ApiError::BadRequest(format!("bad query string: {}", e.body_text()))
+            })
+    }
+}
+
+/// A 404 for unknown routes, in our shape.
+pub async fn route_not_found() -> ApiError {
+    ApiError::NotFound("no such route; see the README for the API".into())
+}
+
+/// A 405 for a known route with the wrong method, in our shape.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("this route does not accept that method".into())
+}

@@ -1,0 +1,58 @@
+//! The HTTP edge: one module per resource, each with its own `router()`.
+//! Handlers parse, ask [`crate::access`], call the store and shape the reply.
+
+pub mod admin;
+pub mod health;
+pub mod links;
+pub mod sessions;
+pub mod stream;
+pub mod vaults;
+pub mod web;
+
+use std::path::PathBuf;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::any;
+use tower_http::cors::CorsLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{method_not_allowed, route_not_found};
+use crate::state::AppState;
+
+/// The whole application's routes.
+pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&str>) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    let api = Router::new()
+        .merge(vaults::router())
+        .merge(stream::router())
+        .merge(links::router())
+        .merge(sessions::router())
+        .merge(admin::router())
+        .merge(health::router())
+        .route("/api/{*rest}", any(route_not_found))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit));
+    let app = web::serve(api, web_dir)
+        // Spans name the route template, never the URI: paths can hold
+        // session ids and query strings can hold client ids.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "(static)".to_owned());
+            tracing::info_span!("request", method = %req.method(), route)
+        }));
+    let app = match cors_origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        Some(origin) => app.layer(
+            CorsLayer::new()
+                .allow_origin(origin)
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        ),
+        None => app,
+    };
+    app.with_state(state)
+}

@@ -1,0 +1,200 @@
+//! `GET /api/vault/{id}/stream`: everything is checked before the upgrade,
+//! so a refused request gets a plain HTTP error with our JSON body.
+//! `POST /api/vault/{id}/stream-ticket`: a short-lived, single-use ticket
+//! for browsers, which cannot set headers on a WebSocket.
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::access::{self, Action};
+use crate::auth::{self, Caller, Principal};
+use crate::error::{ApiError, ApiQuery};
+use crate::http::vaults::parse_since;
+use crate::identity::sanitize_atem_id;
+use crate::secrets;
+use crate::state::AppState;
+use crate::store::StreamTicket;
+use crate::stream::socket::{self, StreamRequest};
+
+/// Seconds a stream ticket stays valid.
+pub const TICKET_TTL_SECS: i64 = 30;
+
+/// Stream routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/vault/{vault_id}/stream", get(stream))
+        .route("/api/vault/{vault_id}/stream-ticket", post(ticket))
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    id: Option<String>,
+    since: Option<String>,
+    epoch: Option<String>,
+    ticket: Option<String>,
+}
+
+/// The raw (still percent-encoded) `atem_id`: the sanitizer decodes it
+/// itself.
+fn raw_atem_id(uri: &axum::http::Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("atem_id="))
+}
+
+async fn principal(
+    state: &AppState,
+    vault_id: &str,
+    ticket: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Principal, Option<String>), ApiError> {
+    let store = state.store.as_ref();
+    let Some(ticket) = ticket else {
+        return Ok((auth::principal_from_headers(store, headers).await?, None));
+    };
+    let t = store
+        .take_ticket(&secrets::hash(ticket))
+        .await?
+        .filter(|t| t.vault_id == vault_id)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "unknown, used or expired stream ticket; get a new one from stream-ticket".into(),
+            )
+        })?;
+    // The ticket carries the credential it was issued to; check it again so
+    // a revocation in between is honoured.
+    let principal = match (&t.session_hash, &t.link_hash) {
+        (Some(session_hash), _) => {
+            let record = store
+                .session(session_hash)
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown session".into()))?;
+            if auth::public_status(&record) != "granted" {
+                return Err(ApiError::Unauthorized(
+                    "this session is no longer valid".into(),
+                ));
+            }
+            Principal::Session {
+                session_hash: session_hash.clone(),
+                work_session: record.astation_id.unwrap_or_default(),
+            }
+        }
+        (None, Some(link_hash)) => {
+            let link = store
+                .link_by_secret_hash(link_hash)
+                .await?
+                .filter(|l| !l.revoked && l.expires_at > Utc::now())
+                .ok_or_else(|| ApiError::Unauthorized("this link is no longer valid".into()))?;
+            Principal::Link {
+                link_id: link.link_id,
+                vault_id: link.vault_id,
+            }
+        }
+        (None, None) => return Err(ApiError::Internal("ticket without a credential".into())),
+    };
+    Ok((principal, Some(t.client_id)))
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    Path(vault_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let (principal, ticket_client) =
+        principal(&state, &vault_id, q.ticket.as_deref(), &headers).await?;
+    let client_id = auth::validate_client_id(q.id.as_deref().or(ticket_client.as_deref()))?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| parse_since(Some(s)))
+        .transpose()?;
+    let expires_at = match &principal {
+        Principal::Link { vault_id, link_id } => state
+            .store
+            .links_for_vault(vault_id)
+            .await?
+            .into_iter()
+            .find(|l| &l.link_id == link_id)
+            .map(|l| l.expires_at),
+        Principal::Session { .. } => None,
+    };
+    let caller = Caller {
+        principal,
+        client_id,
+    };
+    let vault = access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
+    let ws = ws.map_err(|r| {
+        ApiError::BadRequest(format!(
+            "this route is a WebSocket: connect with a WebSocket client ({})",
+            r.body_text()
+        ))
+    })?;
+    let atem_id = sanitize_atem_id(raw_atem_id(&uri).unwrap_or(""));
+    let req = StreamRequest {
+        vault,
+        principal: caller.principal,
+        client_id: caller.client_id,
+        atem_id,
+        since,
+        epoch: q.epoch.filter(|e| !e.is_empty()),
+        expires_at,
+        ping_every: state.settings.stream_ping,
+    };
+    let hub = state.hub.clone();
+    let shutdown = state.shutdown.clone();
+    // Small socket buffers keep an idle subscriber cheap; frames are small
+    // and writes are flushed one by one.
+    Ok(ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| socket::serve(socket, hub, req, shutdown)))
+}
+
+/// Issues a single-use ticket that opens this vault's stream within
+/// [`TICKET_TTL_SECS`] seconds, with the caller's credential.
+async fn ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(vault_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
+    let (session_hash, link_hash) = match &caller.principal {
+        Principal::Session { session_hash, .. } => (Some(session_hash.clone()), None),
+        Principal::Link { link_id, vault_id } => {
+            let link = state
+                .store
+                .links_for_vault(vault_id)
+                .await?
+                .into_iter()
+                .find(|l| &l.link_id == link_id)
+                .ok_or_else(|| ApiError::Unauthorized("this link is no longer valid".into()))?;
+            (None, Some(link.secret_hash))
+        }
+    };
+    let ticket = secrets::token("tk");
+    let expires_at = Utc::now() + chrono::Duration::seconds(TICKET_TTL_SECS);
+    state
+        .store
+        .insert_ticket(&StreamTicket {
+            ticket_hash: secrets::hash(&ticket),
+            vault_id,
+            session_hash,
+            link_hash,
+            client_id: caller.client_id,
+            expires_at,
+        })
+        .await?;
+    Ok(Json(json!({ "ticket": ticket, "expires_at": expires_at })))
+}

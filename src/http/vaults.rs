@@ -1,0 +1,235 @@
+//! The five vault routes (their shapes are fixed by deployed clients) and
+//! the viewer's vault info.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::access::{self, Action};
+use crate::auth::{Caller, Principal};
+use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::secrets;
+use crate::state::AppState;
+use crate::store::{Entry, NewEntry, NewVault, View, WriteReceipt};
+
+/// Routes under `/api/vault`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/vault", post(create).get(list))
+        .route("/api/vault/{vault_id}", get(read).post(write))
+        .route("/api/vault/{vault_id}/summary", post(set_summary))
+        .route("/api/vault/{vault_id}/info", get(info))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    #[serde(default)]
+    summary: String,
+}
+
+#[derive(Deserialize)]
+struct WriteBody {
+    text: String,
+    entry_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct SummaryBody {
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    since: Option<String>,
+    history: Option<String>,
+}
+
+/// Checks a text field against the NUL rule and the size limit.
+pub fn validate_text(field: &str, text: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` contains a NUL character, which cannot be stored"
+        )));
+    }
+    if text.len() > max_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "`{field}` is {} bytes; the limit is {max_bytes} bytes",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a `since` cursor: a non-negative integer.
+pub fn parse_since(raw: Option<&str>) -> Result<i64, ApiError> {
+    let Some(raw) = raw else { return Ok(0) };
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(format!(
+            "`since` must be a non-negative integer (a seq), not `{raw}`"
+        )));
+    }
+    raw.parse()
+        .map_err(|_| ApiError::bad_request("`since` is too large to be a seq"))
+}
+
+fn parse_history(raw: Option<&str>) -> Result<View, ApiError> {
+    match raw {
+        None | Some("false") | Some("0") => Ok(View::Current),
+        Some("true") | Some("1") | Some("") => Ok(View::History),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`history` must be true or false, not `{other}`"
+        ))),
+    }
+}
+
+fn work_session(caller: &Caller) -> Result<&str, ApiError> {
+    match &caller.principal {
+        Principal::Session { work_session, .. } => Ok(work_session),
+        Principal::Link { .. } => Err(ApiError::Forbidden(
+            "a read-only link cannot create vaults".into(),
+        )),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let work_session = work_session(&caller)?.to_string();
+    validate_text("summary", &body.summary, state.settings.max_entry_bytes)?;
+    let vault = state
+        .store
+        .create_vault(NewVault {
+            id: secrets::vault_id(),
+            summary: body.summary,
+            work_session,
+            creator: caller.client_id,
+        })
+        .await?;
+    Ok(Json(json!({ "vault_id": vault.id })))
+}
+
+async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let items = match &caller.principal {
+        Principal::Session { work_session, .. } => {
+            state
+                .store
+                .list_vaults(work_session, &caller.client_id)
+                .await?
+        }
+        // A link sees exactly its one vault.
+        Principal::Link { vault_id, .. } => state
+            .store
+            .vault(vault_id)
+            .await?
+            .map(|v| crate::store::VaultListItem {
+                vault_id: v.id,
+                summary: v.summary,
+            })
+            .into_iter()
+            .collect(),
+    };
+    Ok(Json(json!(items)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(vault_id): Path<String>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<Json<Vec<Entry>>, ApiError> {
+    let since = parse_since(q.since.as_deref())?;
+    let view = parse_history(q.history.as_deref())?;
+    access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
+    Ok(Json(
+        state.store.read_entries(&vault_id, view, since).await?,
+    ))
+}
+
+async fn write(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(vault_id): Path<String>,
+    ApiJson(body): ApiJson<WriteBody>,
+) -> Result<Json<WriteReceipt>, ApiError> {
+    if let Some(n) = body.entry_id {
+        if n < 1 {
+            return Err(ApiError::bad_request(format!(
+                "`entry_id` must be 1 or more (entries are numbered from e1), not {n}"
+            )));
+        }
+    }
+    validate_text("text", &body.text, state.settings.max_entry_bytes)?;
+    access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Write).await?;
+    let receipt = state
+        .store
+        .write_entry(NewEntry {
+            vault_id,
+            entry_no: body.entry_id,
+            writer_id: caller.client_id,
+            content: body.text,
+        })
+        .await?;
+    Ok(Json(receipt))
+}
+
+async fn set_summary(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(vault_id): Path<String>,
+    ApiJson(body): ApiJson<SummaryBody>,
+) -> Result<Json<Value>, ApiError> {
+    validate_text("text", &body.text, state.settings.max_entry_bytes)?;
+    access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::SetSummary).await?;
+    state.store.set_summary(&vault_id, &body.text).await?;
+    Ok(Json(json!({})))
+}
+
+/// The viewer's one-call header: summary, head seq, epoch and what the
+/// caller may do.
+async fn info(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(vault_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let vault = access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
+    Ok(Json(json!({
+        "vault_id": vault.id,
+        "summary": vault.summary,
+        "head_seq": vault.head_seq,
+        "epoch": state.store.epoch(),
+        "created_at": vault.created_at,
+        "can_write": access::allows(&caller, &vault, Action::Write),
+        "read_only_link": matches!(caller.principal, Principal::Link { .. }),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_only_non_negative_integers() {
+        assert_eq!(parse_since(None).ok(), Some(0));
+        assert_eq!(parse_since(Some("42")).ok(), Some(42));
+        for bad in ["-1", "abc", "", "1.5", "+3", "99999999999999999999"] {
+            assert!(parse_since(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_rules_are_nul_and_size() {
+        assert!(validate_text("text", "fine", 10).is_ok());
+        assert!(matches!(
+            validate_text("text", "a\0b", 10),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            validate_text("text", "elevenbytes", 10),
+            Err(ApiError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,29 @@
+//! vault-relay: hosts shared, append-only, versioned vaults for teams of
+//! coding agents (atems), grants access through astation-approved sessions,
+//! and pushes new entries live over WebSockets.
+//!
+//! A request travels one way: HTTP edge ([`http`]) → rules ([`auth`],
+//! [`access`]) → [`store`]. Live streams ([`stream`]) are fed by the store's
+//! commit notices, never by the handlers.
+//!
+//! - [`config`]: every setting, from flags or the environment.
+//! - [`startup`]: builds the application and runs it until shutdown.
+//! - [`shutdown`]: the one shutdown signal shared by server and sockets.
+//! - [`error`]: the API error type and its JSON body.
+//! - [`secrets`]: random identifiers, tokens and their hashes.
+//! - [`identity`]: atem id sanitizing.
+//! - [`cli`]: the operator subcommands (`astation`, `session`, `watch`).
+
+pub mod access;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod identity;
+pub mod secrets;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod stream;

@@ -1,0 +1,41 @@
+//! The `vault-relay` binary: serve, or run an operator subcommand.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vault_relay::config::Cli;
+use vault_relay::startup::Application;
+use vault_relay::{cli, shutdown};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(command) = args.command {
+        return cli::run(command, &args.config).await;
+    }
+    let app = match Application::build(args.config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "vault-relay could not start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let stop = app.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown::os_signal().await;
+        tracing::info!("shutting down");
+        stop.trigger();
+    });
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

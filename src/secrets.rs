@@ -1,0 +1,92 @@
+//! Random identifiers and secrets, and the hashes we store instead of them.
+//!
+//! Every secret the relay hands out (session ids, astation tokens, one-time
+//! codes, stream tickets, link secrets) carries at least 128 bits of entropy
+//! except the one-time code, which a person types and which is guarded by an
+//! attempt limit and a short lifetime instead.
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+
+/// `len` random base62 characters.
+pub fn base62(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// A vault id: `v-` and 12 base62 characters (about 71 bits), so ids can't be
+/// enumerated.
+pub fn vault_id() -> String {
+    format!("v-{}", base62(12))
+}
+
+/// A public astation id (not a secret).
+pub fn astation_id() -> String {
+    format!("a-{}", base62(12))
+}
+
+/// A session id, which is also the session's bearer credential (~238 bits).
+pub fn session_id() -> String {
+    format!("s-{}", base62(40))
+}
+
+/// An astation's bearer token (~238 bits).
+pub fn astation_token() -> String {
+    format!("ast-{}", base62(40))
+}
+
+/// A generic secret with a readable prefix (tickets, links, admin token).
+pub fn token(prefix: &str) -> String {
+    format!("{prefix}-{}", base62(40))
+}
+
+/// An eight-digit one-time pairing code.
+pub fn otp() -> String {
+    format!("{:08}", rand::rng().random_range(0..100_000_000u32))
+}
+
+/// Hex SHA-256 of a secret. The secrets are long and random, so a fast hash
+/// is enough: there is no dictionary to attack.
+pub fn hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares a presented secret with a stored hash without an early exit on
+/// the first differing byte.
+pub fn matches_hash(secret: &str, stored_hash: &str) -> bool {
+    let presented = hash(secret);
+    presented.len() == stored_hash.len()
+        && presented
+            .bytes()
+            .zip(stored_hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_their_prefix_and_length() {
+        let v = vault_id();
+        assert!(v.starts_with("v-") && v.len() == 14, "{v}");
+        assert!(v[2..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(session_id(), session_id());
+        assert_eq!(otp().len(), 8);
+    }
+
+    #[test]
+    fn hashes_match_only_their_secret() {
+        let h = hash("secret-one");
+        assert_eq!(h.len(), 64);
+        assert!(matches_hash("secret-one", &h));
+        assert!(!matches_hash("secret-two", &h));
+        assert!(!matches_hash("secret-one", "short"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Builds the application (store, hub, routes, bound listener) and runs it
+//! until the shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http;
+use crate::secrets;
+use crate::shutdown::Shutdown;
+use crate::state::{AppState, Settings};
+use crate::store::memory::MemoryStore;
+use crate::store::postgres::{PgConfig, PgStore};
+use crate::store::{Store, StoreError};
+use crate::stream::Hub;
+
+/// How long in-flight requests get to finish after the signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("could not open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("could not bind the listener: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// Opens the store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.database_url {
+        Some(url) => {
+            let store = PgStore::connect(&PgConfig {
+                url: url.clone(),
+                max_connections: config.database_max_connections,
+            })
+            .await?;
+            Ok(Arc::new(store))
+        }
+        None => {
+            tracing::warn!(
+                "DATABASE_URL is not set: using the IN-MEMORY store. Nothing is durable: \
+                 every vault, session and astation is lost when the relay stops."
+            );
+            Ok(Arc::new(MemoryStore::new()))
+        }
+    }
+}
+
+/// A built relay, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the relay on its own store.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let store = open_store(&config).await?;
+        Self::build_with_store(config, store).await
+    }
+
+    /// Builds the relay on a given store (tests share one between builds).
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, StartupError> {
+        let admin_token = match &config.admin_token {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => {
+                let token = secrets::token("adm");
+                // Printed once to the terminal, deliberately not through the
+                // log pipeline, so it does not end up in collected logs.
+                eprintln!(
+                    "\nRELAY_ADMIN_TOKEN was not set; this run's admin token is:\n\n    {token}\n\n\
+                     Set RELAY_ADMIN_TOKEN to keep one across restarts.\n"
+                );
+                token
+            }
+        };
+        let shutdown = Shutdown::new();
+        let settings = Settings::new(&config, &admin_token);
+        let hub = Hub::start(
+            store.clone(),
+            settings.stream_buffer_frames,
+            shutdown.clone(),
+        )
+        .await;
+        let state = AppState {
+            store,
+            settings: Arc::new(settings),
+            hub,
+            shutdown,
+        };
+        let web_dir = http::web::locate(config.web_dir.as_deref());
+        let router = http::router(state.clone(), web_dir, config.cors_origin.as_deref());
+        // Bind before returning so port 0 resolves to a real port.
+        let listener = TcpListener::bind(SocketAddr::new(config.bind_addr, config.port)).await?;
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The signal that stops this relay.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.state.shutdown.clone()
+    }
+
+    /// The store behind this relay.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
+    }
+
+    /// Serves until the shutdown signal, then stops accepting, closes streams
+    /// with 1001 and gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, backend = self.state.store.backend(), "vault-relay listening");
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown({
+            let s = shutdown.clone();
+            async move { s.wait().await }
+        });
+        let deadline = async {
+            shutdown.wait().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            result = server => result?,
+            _ = deadline => tracing::warn!("shutdown grace period over; dropping remaining connections"),
+        }
+        tracing::info!("vault-relay stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use crate::stream::Hub;
+
+/// Settings the handlers read, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: String,
+    pub max_entry_bytes: usize,
+    pub max_body_bytes: usize,
+    pub pairing_ttl: Duration,
+    pub link_ttl: Duration,
+    pub public_base_url: Option<String>,
+    pub stream_ping: Duration,
+    pub stream_buffer_frames: usize,
+}
+
+impl Settings {
+    /// Settings from the configuration and the (given or generated) admin
+    /// token.
+    pub fn new(config: &Config, admin_token: &str) -> Self {
+        Self {
+            admin_token_hash: crate::secrets::hash(admin_token),
+            max_entry_bytes: config.max_entry_bytes,
+            max_body_bytes: config.max_body_bytes,
+            pairing_ttl: Duration::from_secs(config.pairing_ttl_secs),
+            link_ttl: Duration::from_secs(config.link_ttl_secs),
+            public_base_url: config
+                .public_base_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+            stream_ping: Duration::from_secs(config.stream_ping_secs.max(1)),
+            stream_buffer_frames: config.stream_buffer_frames.max(8),
+        }
+    }
+}
+
+/// The state behind every route.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub settings: Arc<Settings>,
+    pub hub: Hub,
+    pub shutdown: Shutdown,
+}

@@ -1,0 +1,474 @@
+//! The in-memory store: the same behaviour as Postgres, nothing durable.
+//!
+//! One mutex guards everything. Each write takes it once, so a write is
+//! atomic and seq order equals commit order; the notice is sent after the
+//! lock is released, i.e. after the "commit".
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::broadcast;
+
+use super::{
+    Astation, Entry, KIND_CONTENT, NewEntry, NewVault, Notice, ReadLink, Revocation, SessionRecord,
+    SessionState, Store, StoreError, StoreResult, StreamTicket, Vault, VaultListItem, View,
+    Watcher, WatcherRecord, WriteReceipt,
+};
+
+/// Capacity of the notice channel; a lagging receiver resyncs from the store.
+const NOTICE_CAPACITY: usize = 4096;
+
+#[derive(Default)]
+struct State {
+    next_seq: i64,
+    vaults: HashMap<String, VaultState>,
+    /// Vault ids in creation order, so lists are stable.
+    vault_order: Vec<String>,
+    astations: HashMap<String, (Astation, String)>,
+    sessions: HashMap<String, SessionRecord>,
+    tickets: HashMap<String, StreamTicket>,
+    links: HashMap<String, ReadLink>,
+    /// Open streams in the order they joined: (replica, conn) -> record.
+    watchers: Vec<WatcherRecord>,
+}
+
+struct VaultState {
+    vault: Vault,
+    next_entry_no: i64,
+    /// Rows in seq order.
+    rows: Vec<Entry>,
+}
+
+/// The in-memory [`Store`].
+pub struct MemoryStore {
+    state: Mutex<State>,
+    epoch: String,
+    notices: broadcast::Sender<Notice>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with a fresh epoch.
+    pub fn new() -> Self {
+        let (notices, _) = broadcast::channel(NOTICE_CAPACITY);
+        Self {
+            state: Mutex::new(State::default()),
+            epoch: uuid::Uuid::new_v4().to_string(),
+            notices,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied write
+        // (every write mutates only after its checks), so poison is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn announce(&self, notice: Notice) {
+        // No receivers is fine: nobody is streaming.
+        let _ = self.notices.send(notice);
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn epoch(&self) -> String {
+        self.epoch.clone()
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    async fn create_vault(&self, new: NewVault) -> StoreResult<Vault> {
+        let mut st = self.lock();
+        if st.vaults.contains_key(&new.id) {
+            return Err(StoreError::Conflict(format!("vault {} exists", new.id)));
+        }
+        let vault = Vault {
+            id: new.id.clone(),
+            summary: new.summary,
+            work_session: new.work_session,
+            creator: new.creator,
+            created_at: Utc::now(),
+            writers: Vec::new(),
+            head_seq: 0,
+        };
+        st.vault_order.push(new.id.clone());
+        st.vaults.insert(
+            new.id,
+            VaultState {
+                vault: vault.clone(),
+                next_entry_no: 1,
+                rows: Vec::new(),
+            },
+        );
+        Ok(vault)
+    }
+
+    async fn vault(&self, vault_id: &str) -> StoreResult<Option<Vault>> {
+        Ok(self.lock().vaults.get(vault_id).map(|v| v.vault.clone()))
+    }
+
+    async fn list_vaults(
+        &self,
+        work_session: &str,
+        client_id: &str,
+    ) -> StoreResult<Vec<VaultListItem>> {
+        let st = self.lock();
+        Ok(st
+            .vault_order
+            .iter()
+            .filter_map(|id| st.vaults.get(id))
+            .map(|v| &v.vault)
+            .filter(|v| v.work_session == work_session || v.writers.iter().any(|w| w == client_id))
+            .map(|v| VaultListItem {
+                vault_id: v.id.clone(),
+                summary: v.summary.clone(),
+            })
+            .collect())
+    }
+
+    async fn write_entry(&self, new: NewEntry) -> StoreResult<WriteReceipt> {
+        let receipt = {
+            let mut st = self.lock();
+            let seq = st.next_seq + 1;
+            let vs = st
+                .vaults
+                .get_mut(&new.vault_id)
+                .ok_or(StoreError::VaultNotFound)?;
+            let (entry_no, version) = match new.entry_no {
+                None => (vs.next_entry_no, 1),
+                Some(n) => {
+                    let newest = vs
+                        .rows
+                        .iter()
+                        .filter(|r| r.entry_no == n)
+                        .map(|r| r.version)
+                        .max()
+                        .ok_or(StoreError::EntryNotFound(n))?;
+                    (n, newest + 1)
+                }
+            };
+            if new.entry_no.is_none() {
+                vs.next_entry_no += 1;
+            }
+            vs.rows.push(Entry {
+                seq,
+                entry_no,
+                version,
+                kind: KIND_CONTENT.to_string(),
+                writer_id: new.writer_id.clone(),
+                content: new.content,
+                created_at: Utc::now(),
+            });
+            vs.vault.head_seq = seq;
+            if !vs.vault.writers.contains(&new.writer_id) {
+                vs.vault.writers.push(new.writer_id);
+            }
+            st.next_seq = seq;
+            WriteReceipt {
+                entry_no,
+                version,
+                seq,
+            }
+        };
+        self.announce(Notice::Entry {
+            vault_id: new.vault_id,
+            seq: receipt.seq,
+        });
+        Ok(receipt)
+    }
+
+    async fn read_entries(
+        &self,
+        vault_id: &str,
+        view: View,
+        since: i64,
+    ) -> StoreResult<Vec<Entry>> {
+        let st = self.lock();
+        let vs = st.vaults.get(vault_id).ok_or(StoreError::VaultNotFound)?;
+        Ok(match view {
+            View::History => vs.rows.iter().filter(|r| r.seq > since).cloned().collect(),
+            View::Current => {
+                // Rows are in seq order, so the last row of an entry is its
+                // newest version.
+                let mut newest: HashMap<i64, &Entry> = HashMap::new();
+                for row in &vs.rows {
+                    newest.insert(row.entry_no, row);
+                }
+                let mut current: Vec<Entry> = newest
+                    .into_values()
+                    .filter(|r| r.seq > since)
+                    .cloned()
+                    .collect();
+                current.sort_by_key(|r| r.entry_no);
+                current
+            }
+        })
+    }
+
+    async fn entries_after(
+        &self,
+        vault_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Entry>> {
+        let st = self.lock();
+        let vs = st.vaults.get(vault_id).ok_or(StoreError::VaultNotFound)?;
+        let start = vs.rows.partition_point(|r| r.seq <= after);
+        let limit = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
+        Ok(vs.rows[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn set_summary(&self, vault_id: &str, summary: &str) -> StoreResult<()> {
+        {
+            let mut st = self.lock();
+            let vs = st
+                .vaults
+                .get_mut(vault_id)
+                .ok_or(StoreError::VaultNotFound)?;
+            vs.vault.summary = summary.to_string();
+        }
+        self.announce(Notice::Summary {
+            vault_id: vault_id.to_string(),
+        });
+        Ok(())
+    }
+
+    async fn create_astation(&self, astation: &Astation, token_hash: &str) -> StoreResult<()> {
+        let mut st = self.lock();
+        if st.astations.contains_key(&astation.astation_id) {
+            return Err(StoreError::Conflict("astation exists".into()));
+        }
+        st.astations.insert(
+            astation.astation_id.clone(),
+            (astation.clone(), token_hash.to_string()),
+        );
+        Ok(())
+    }
+
+    async fn list_astations(&self) -> StoreResult<Vec<Astation>> {
+        let mut all: Vec<Astation> = self
+            .lock()
+            .astations
+            .values()
+            .map(|(a, _)| a.clone())
+            .collect();
+        all.sort_by(|a, b| (a.created_at, &a.astation_id).cmp(&(b.created_at, &b.astation_id)));
+        Ok(all)
+    }
+
+    async fn astation_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Astation>> {
+        Ok(self
+            .lock()
+            .astations
+            .values()
+            .find(|(_, h)| h == token_hash)
+            .map(|(a, _)| a.clone()))
+    }
+
+    async fn delete_astation(&self, astation_id: &str) -> StoreResult<()> {
+        {
+            let mut st = self.lock();
+            if st.astations.remove(astation_id).is_none() {
+                return Err(StoreError::AstationNotFound);
+            }
+            for s in st.sessions.values_mut() {
+                if s.astation_id.as_deref() == Some(astation_id) {
+                    s.state = SessionState::Revoked;
+                }
+            }
+        }
+        self.announce(Notice::Revoked(Revocation::Astation(
+            astation_id.to_string(),
+        )));
+        Ok(())
+    }
+
+    async fn revoke_session(&self, id_hash: &str) -> StoreResult<bool> {
+        let changed = {
+            let mut st = self.lock();
+            match st.sessions.get_mut(id_hash) {
+                Some(s) if s.state != SessionState::Revoked => {
+                    s.state = SessionState::Revoked;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.announce(Notice::Revoked(Revocation::Session(id_hash.to_string())));
+        }
+        Ok(changed)
+    }
+
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        self.lock()
+            .sessions
+            .insert(session.id_hash.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        Ok(self.lock().sessions.get(id_hash).cloned())
+    }
+
+    async fn transition_session(
+        &self,
+        id_hash: &str,
+        from: SessionState,
+        to: SessionState,
+        astation_id: Option<&str>,
+    ) -> StoreResult<bool> {
+        let mut st = self.lock();
+        match st.sessions.get_mut(id_hash) {
+            Some(s) if s.state == from => {
+                s.state = to;
+                if let Some(a) = astation_id {
+                    s.astation_id = Some(a.to_string());
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn record_failed_code(&self, id_hash: &str, limit: i32) -> StoreResult<SessionRecord> {
+        let mut st = self.lock();
+        let s = st
+            .sessions
+            .get_mut(id_hash)
+            .ok_or_else(|| StoreError::Conflict("no such session".into()))?;
+        if s.state == SessionState::Pending {
+            s.failed_attempts += 1;
+            if s.failed_attempts >= limit {
+                s.state = SessionState::Denied;
+            }
+        }
+        Ok(s.clone())
+    }
+
+    async fn insert_ticket(&self, ticket: &StreamTicket) -> StoreResult<()> {
+        let mut st = self.lock();
+        let now = Utc::now();
+        // Expired tickets are dropped here so the map stays small.
+        st.tickets.retain(|_, t| t.expires_at > now);
+        st.tickets
+            .insert(ticket.ticket_hash.clone(), ticket.clone());
+        Ok(())
+    }
+
+    async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<StreamTicket>> {
+        Ok(self
+            .lock()
+            .tickets
+            .remove(ticket_hash)
+            .filter(|t| t.expires_at > Utc::now()))
+    }
+
+    async fn add_watcher(&self, watcher: &WatcherRecord) -> StoreResult<()> {
+        self.lock().watchers.push(watcher.clone());
+        self.announce(Notice::Presence {
+            vault_id: watcher.vault_id.clone(),
+        });
+        Ok(())
+    }
+
+    async fn remove_watcher(
+        &self,
+        replica_id: &str,
+        conn_id: i64,
+        vault_id: &str,
+    ) -> StoreResult<()> {
+        self.lock()
+            .watchers
+            .retain(|w| !(w.replica_id == replica_id && w.conn_id == conn_id));
+        self.announce(Notice::Presence {
+            vault_id: vault_id.to_string(),
+        });
+        Ok(())
+    }
+
+    async fn watchers(&self, vault_id: &str, limit: i64) -> StoreResult<(Vec<Watcher>, i64)> {
+        let st = self.lock();
+        let all = st.watchers.iter().filter(|w| w.vault_id == vault_id);
+        let count = all.clone().count();
+        let limit = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
+        let listed = all
+            .take(limit)
+            .map(|w| Watcher {
+                atem_id: w.atem_id.clone(),
+                client_id: w.client_id.clone(),
+            })
+            .collect();
+        Ok((listed, i64::try_from(count).unwrap_or(i64::MAX)))
+    }
+
+    async fn heartbeat(
+        &self,
+        _replica_id: &str,
+        _stale_after: std::time::Duration,
+    ) -> StoreResult<()> {
+        // One process holds every watcher, so none can go stale.
+        Ok(())
+    }
+
+    async fn insert_link(&self, link: &ReadLink) -> StoreResult<()> {
+        self.lock().links.insert(link.link_id.clone(), link.clone());
+        Ok(())
+    }
+
+    async fn link_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<ReadLink>> {
+        Ok(self
+            .lock()
+            .links
+            .values()
+            .find(|l| l.secret_hash == secret_hash)
+            .cloned())
+    }
+
+    async fn links_for_vault(&self, vault_id: &str) -> StoreResult<Vec<ReadLink>> {
+        let mut links: Vec<ReadLink> = self
+            .lock()
+            .links
+            .values()
+            .filter(|l| l.vault_id == vault_id)
+            .cloned()
+            .collect();
+        links.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(links)
+    }
+
+    async fn revoke_link(&self, vault_id: &str, link_id: &str) -> StoreResult<bool> {
+        let changed = {
+            let mut st = self.lock();
+            match st.links.get_mut(link_id) {
+                Some(l) if l.vault_id == vault_id && !l.revoked => {
+                    l.revoked = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.announce(Notice::Revoked(Revocation::Link(link_id.to_string())));
+        }
+        Ok(changed)
+    }
+}

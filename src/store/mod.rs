@@ -1,0 +1,333 @@
+//! The store: vaults, their entries, astations, sessions, stream tickets and
+//! read-only links. Two implementations live side by side, [`memory`] and
+//! [`postgres`]; both pass the same behaviour suite (`tests/api`).
+//!
+//! Nothing here knows about HTTP: failures are [`StoreError`]s, mapped to
+//! statuses at the edge.
+
+pub mod memory;
+pub mod postgres;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// The `kind` of every row written through the API.
+pub const KIND_CONTENT: &str = "content";
+
+/// One row of a vault's log, exactly as the REST read returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub seq: i64,
+    pub entry_no: i64,
+    pub version: i64,
+    pub kind: String,
+    pub writer_id: String,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A vault's mutable header.
+#[derive(Clone, Debug)]
+pub struct Vault {
+    pub id: String,
+    pub summary: String,
+    /// The work session (astation id) the vault belongs to.
+    pub work_session: String,
+    /// The client id that created it.
+    pub creator: String,
+    pub created_at: DateTime<Utc>,
+    /// Client ids that wrote content here, each once, in order of first write.
+    pub writers: Vec<String>,
+    /// The newest seq of the vault, 0 when it has no entries.
+    pub head_seq: i64,
+}
+
+/// What the vault list shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VaultListItem {
+    pub vault_id: String,
+    pub summary: String,
+}
+
+/// A vault to create.
+#[derive(Clone, Debug)]
+pub struct NewVault {
+    pub id: String,
+    pub summary: String,
+    pub work_session: String,
+    pub creator: String,
+}
+
+/// A content write: an append when `entry_no` is `None`, else a new version
+/// of that entry.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub vault_id: String,
+    pub entry_no: Option<i64>,
+    pub writer_id: String,
+    pub content: String,
+}
+
+/// Where a write landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct WriteReceipt {
+    pub entry_no: i64,
+    pub version: i64,
+    pub seq: i64,
+}
+
+/// Which rows a read returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The newest version of each entry, by `entry_no`.
+    Current,
+    /// Every row, by `seq`.
+    History,
+}
+
+/// A registered astation (its token is stored only as a hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Astation {
+    pub astation_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The stored lifecycle state of a session. "expired" is not stored: it is a
+/// pending session past its `expires_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    Pending,
+    Granted,
+    Denied,
+    Revoked,
+}
+
+impl SessionState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Pending => "pending",
+            SessionState::Granted => "granted",
+            SessionState::Denied => "denied",
+            SessionState::Revoked => "revoked",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => SessionState::Pending,
+            "granted" => SessionState::Granted,
+            "denied" => SessionState::Denied,
+            "revoked" => SessionState::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// A session, keyed by the hash of its id.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    pub id_hash: String,
+    pub hostname: String,
+    pub state: SessionState,
+    /// Set once granted: the caller's work session.
+    pub astation_id: Option<String>,
+    /// Hash of the one-time code, for pending sessions.
+    pub otp_hash: Option<String>,
+    pub failed_attempts: i32,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A short-lived, single-use credential for opening a stream from a browser.
+#[derive(Clone, Debug)]
+pub struct StreamTicket {
+    pub ticket_hash: String,
+    pub vault_id: String,
+    /// The session the ticket was issued to, if any.
+    pub session_hash: Option<String>,
+    /// The read-only link the ticket was issued to, if any.
+    pub link_hash: Option<String>,
+    pub client_id: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A read-only link to one vault (its secret is stored only as a hash).
+#[derive(Clone, Debug)]
+pub struct ReadLink {
+    pub link_id: String,
+    pub secret_hash: String,
+    pub vault_id: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+/// One watcher as presence shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Watcher {
+    pub atem_id: String,
+    pub client_id: String,
+}
+
+/// One open stream, as presence records it (across replicas).
+#[derive(Clone, Debug)]
+pub struct WatcherRecord {
+    /// The relay process holding the socket.
+    pub replica_id: String,
+    /// The socket, unique within its replica.
+    pub conn_id: i64,
+    pub vault_id: String,
+    pub atem_id: String,
+    pub client_id: String,
+}
+
+/// A change announced after its transaction committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A row with this seq committed in this vault.
+    Entry { vault_id: String, seq: i64 },
+    /// The vault's summary changed.
+    Summary { vault_id: String },
+    /// The set of watchers of the vault changed.
+    Presence { vault_id: String },
+    /// Credentials were revoked; open streams that use them must close.
+    Revoked(Revocation),
+    /// Notices may have been lost (the listener reconnected, or a receiver
+    /// lagged): every subscriber must catch up from the store.
+    Resync,
+}
+
+/// What a revocation covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// One session, by the hash of its id.
+    Session(String),
+    /// Every session of an astation (the astation was removed).
+    Astation(String),
+    /// One read-only link, by its public id.
+    Link(String),
+}
+
+/// Failures that the store reports. No HTTP here: the edge maps them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such vault")]
+    VaultNotFound,
+    #[error("vault has no entry e{0}")]
+    EntryNotFound(i64),
+    #[error("no such astation")]
+    AstationNotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store fault: {0}")]
+    Fault(String),
+}
+
+/// Store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the relay keeps. Implementations must make each write one
+/// atomic step and announce it through [`Store::notices`] only after it is
+/// durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `memory` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// An id of this store's lifetime; resume cursors from another epoch are
+    /// meaningless.
+    fn epoch(&self) -> String;
+    /// Fails when the store cannot serve requests.
+    async fn health(&self) -> StoreResult<()>;
+    /// Commit notices, for the stream fan-out.
+    fn notices(&self) -> broadcast::Receiver<Notice>;
+
+    // Vaults and entries.
+    async fn create_vault(&self, vault: NewVault) -> StoreResult<Vault>;
+    async fn vault(&self, vault_id: &str) -> StoreResult<Option<Vault>>;
+    /// Vaults of `work_session` plus those `client_id` wrote to.
+    async fn list_vaults(
+        &self,
+        work_session: &str,
+        client_id: &str,
+    ) -> StoreResult<Vec<VaultListItem>>;
+    /// Appends or edits in one transaction holding the vault's lock; adds the
+    /// writer to the writer list.
+    async fn write_entry(&self, entry: NewEntry) -> StoreResult<WriteReceipt>;
+    /// Rows with `seq > since` in the chosen view.
+    async fn read_entries(&self, vault_id: &str, view: View, since: i64)
+    -> StoreResult<Vec<Entry>>;
+    /// Up to `limit` rows of the vault with `seq > after`, in seq order.
+    async fn entries_after(
+        &self,
+        vault_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Entry>>;
+    async fn set_summary(&self, vault_id: &str, summary: &str) -> StoreResult<()>;
+
+    // Astations.
+    async fn create_astation(&self, astation: &Astation, token_hash: &str) -> StoreResult<()>;
+    async fn list_astations(&self) -> StoreResult<Vec<Astation>>;
+    async fn astation_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Astation>>;
+    /// Removes an astation and revokes its sessions in one step.
+    async fn delete_astation(&self, astation_id: &str) -> StoreResult<()>;
+    /// Marks one session revoked; false when it was already revoked.
+    async fn revoke_session(&self, id_hash: &str) -> StoreResult<bool>;
+
+    // Sessions.
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    /// Moves a session from `from` to `to` (binding `astation_id` when given);
+    /// false when it was not in `from`.
+    async fn transition_session(
+        &self,
+        id_hash: &str,
+        from: SessionState,
+        to: SessionState,
+        astation_id: Option<&str>,
+    ) -> StoreResult<bool>;
+    /// Counts one wrong code; at `limit` wrong codes a pending session is
+    /// denied. Returns the session after the update.
+    async fn record_failed_code(&self, id_hash: &str, limit: i32) -> StoreResult<SessionRecord>;
+
+    // Stream tickets.
+    async fn insert_ticket(&self, ticket: &StreamTicket) -> StoreResult<()>;
+    /// Removes and returns an unexpired ticket: each ticket works once.
+    async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<StreamTicket>>;
+
+    // Presence.
+    /// Records an open stream and announces the change.
+    async fn add_watcher(&self, watcher: &WatcherRecord) -> StoreResult<()>;
+    /// Forgets an open stream and announces the change.
+    async fn remove_watcher(
+        &self,
+        replica_id: &str,
+        conn_id: i64,
+        vault_id: &str,
+    ) -> StoreResult<()>;
+    /// The first `limit` watchers of a vault (oldest first) on live replicas,
+    /// and how many there are in all.
+    async fn watchers(&self, vault_id: &str, limit: i64) -> StoreResult<(Vec<Watcher>, i64)>;
+    /// Marks a replica alive; watchers of replicas silent for longer than
+    /// `stale_after` are dropped.
+    async fn heartbeat(
+        &self,
+        replica_id: &str,
+        stale_after: std::time::Duration,
+    ) -> StoreResult<()>;
+
+    // Read-only links.
+    async fn insert_link(&self, link: &ReadLink) -> StoreResult<()>;
+    async fn link_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<ReadLink>>;
+    async fn links_for_vault(&self, vault_id: &str) -> StoreResult<Vec<ReadLink>>;
+    /// False when the vault has no such live link.
+    async fn revoke_link(&self, vault_id: &str, link_id: &str) -> StoreResult<bool>;
+}

@@ -1,0 +1,65 @@
+//! The one dedicated LISTEN connection of a relay process.
+//!
+//! It forwards each NOTIFY as a [`Notice`]. When the connection drops it
+//! reconnects with backoff and then sends [`Notice::Resync`]: notices sent
+//! while it was away are gone, so every subscriber re-reads the table from
+//! its own cursor. The resync goes out only after LISTEN is active again, so
+//! nothing can fall between the re-read and the new notices.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+
+use super::{CHANNEL, parse_notice};
+use crate::store::Notice;
+
+/// Capacity of the per-process notice channel.
+pub const NOTICE_CAPACITY: usize = 8192;
+
+/// Spawns the listener task; the store aborts it when dropped.
+pub fn spawn(pool: PgPool, notices: broadcast::Sender<Notice>) -> tokio::task::AbortHandle {
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut listener = match connect(&pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            tracing::debug!("LISTEN connection ready");
+            let _ = notices.send(Notice::Resync);
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => match parse_notice(n.payload()) {
+                        Some(notice) => {
+                            let _ = notices.send(notice);
+                        }
+                        None => tracing::warn!("ignoring a malformed notice"),
+                    },
+                    Ok(None) => {
+                        tracing::warn!("LISTEN connection lost; reconnecting");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    task.abort_handle()
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}

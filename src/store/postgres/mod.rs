@@ -1,0 +1,759 @@
+//! The Postgres store. Every query of the relay lives in this module.
+//!
+//! Writes that streams care about call `pg_notify` inside their transaction,
+//! so the notice is delivered at commit and never for a rolled-back write;
+//! [`listener`] turns those notices into [`Notice`]s.
+
+pub mod listener;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::broadcast;
+
+use super::{
+    Astation, Entry, KIND_CONTENT, NewEntry, NewVault, Notice, ReadLink, Revocation, SessionRecord,
+    SessionState, Store, StoreError, StoreResult, StreamTicket, Vault, VaultListItem, View,
+    Watcher, WatcherRecord, WriteReceipt,
+};
+
+/// The NOTIFY channel the relay speaks on.
+pub const CHANNEL: &str = "vault_relay";
+
+/// Embedded SQL migrations from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How to reach Postgres.
+#[derive(Clone, Debug)]
+pub struct PgConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// The Postgres [`Store`].
+pub struct PgStore {
+    pool: PgPool,
+    epoch: String,
+    notices: broadcast::Sender<Notice>,
+    listener: tokio::task::AbortHandle,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The listener would otherwise outlive the store and keep a
+        // connection open.
+        self.listener.abort();
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Fault(other.to_string()),
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects (retrying for a while, so a relay started next to a booting
+    /// database waits for it), runs migrations and starts the listener task.
+    pub async fn connect(config: &PgConfig) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(&config.url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid DATABASE_URL: {e}")))?;
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(sqlx::migrate::MigrateError::Execute(e)) if attempt < 10 => {
+                    tracing::warn!(attempt, error = %e, "database not ready; retrying");
+                }
+                Err(e) => return Err(StoreError::Unavailable(format!("migrations failed: {e}"))),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
+            attempt += 1;
+        }
+        let epoch: String = sqlx::query_scalar("select epoch::text from relay_meta")
+            .fetch_one(&pool)
+            .await?;
+        let (notices, _) = broadcast::channel(listener::NOTICE_CAPACITY);
+        let listener = listener::spawn(pool.clone(), notices.clone());
+        Ok(Self {
+            pool,
+            epoch,
+            notices,
+            listener,
+        })
+    }
+
+    /// The pool, for tests and tools that need the raw database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Locks the vault row for the rest of the transaction.
+    async fn lock_vault(tx: &mut Transaction<'_, Postgres>, vault_id: &str) -> StoreResult<i64> {
+        sqlx::query_scalar("select next_entry_no from vaults where id = $1 for update")
+            .bind(vault_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or(StoreError::VaultNotFound)
+    }
+
+    async fn notify(
+        tx: &mut Transaction<'_, Postgres>,
+        payload: serde_json::Value,
+    ) -> StoreResult<()> {
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn entry_from_row(row: &PgRow) -> Result<Entry, sqlx::Error> {
+    Ok(Entry {
+        seq: row.try_get("seq")?,
+        entry_no: row.try_get("entry_no")?,
+        version: row.try_get("version")?,
+        kind: row.try_get("kind")?,
+        writer_id: row.try_get("writer_id")?,
+        content: row.try_get("content")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn vault_from_row(row: &PgRow) -> Result<Vault, sqlx::Error> {
+    Ok(Vault {
+        id: row.try_get("id")?,
+        summary: row.try_get("summary")?,
+        work_session: row.try_get("work_session")?,
+        creator: row.try_get("creator")?,
+        created_at: row.try_get("created_at")?,
+        writers: row.try_get("writers")?,
+        head_seq: row.try_get("head_seq")?,
+    })
+}
+
+fn session_from_row(row: &PgRow) -> StoreResult<SessionRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(SessionRecord {
+        id_hash: row.try_get("id_hash")?,
+        hostname: row.try_get("hostname")?,
+        state: SessionState::parse(&state)
+            .ok_or_else(|| StoreError::Fault(format!("unknown session state {state}")))?,
+        astation_id: row.try_get("astation_id")?,
+        otp_hash: row.try_get("otp_hash")?,
+        failed_attempts: row.try_get("failed_attempts")?,
+        expires_at: row.try_get("expires_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn link_from_row(row: &PgRow) -> Result<ReadLink, sqlx::Error> {
+    Ok(ReadLink {
+        link_id: row.try_get("link_id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        vault_id: row.try_get("vault_id")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked: row.try_get("revoked")?,
+    })
+}
+
+const ENTRY_COLUMNS: &str = "seq, entry_no, version, kind, writer_id, content, created_at";
+const VAULT_COLUMNS: &str = "id, summary, work_session, creator, created_at, writers, head_seq";
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn epoch(&self) -> String {
+        self.epoch.clone()
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        let check = sqlx::query("select 1").execute(&self.pool);
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(result) => result.map(|_| ()).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Unavailable("health check timed out".into())),
+        }
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    async fn create_vault(&self, new: NewVault) -> StoreResult<Vault> {
+        let row = sqlx::query(&format!(
+            "insert into vaults (id, summary, work_session, creator) values ($1, $2, $3, $4)
+             returning {VAULT_COLUMNS}"
+        ))
+        .bind(&new.id)
+        .bind(&new.summary)
+        .bind(&new.work_session)
+        .bind(&new.creator)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(format!("vault {} exists", new.id))
+            }
+            other => other.into(),
+        })?;
+        Ok(vault_from_row(&row)?)
+    }
+
+    async fn vault(&self, vault_id: &str) -> StoreResult<Option<Vault>> {
+        let row = sqlx::query(&format!("select {VAULT_COLUMNS} from vaults where id = $1"))
+            .bind(vault_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(vault_from_row).transpose()?)
+    }
+
+    async fn list_vaults(
+        &self,
+        work_session: &str,
+        client_id: &str,
+    ) -> StoreResult<Vec<VaultListItem>> {
+        let rows = sqlx::query(
+            "select id, summary from vaults
+             where work_session = $1 or writers @> array[$2]
+             order by created_at, id",
+        )
+        .bind(work_session)
+        .bind(client_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VaultListItem {
+                    vault_id: r.try_get("id")?,
+                    summary: r.try_get("summary")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn write_entry(&self, new: NewEntry) -> StoreResult<WriteReceipt> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock orders every writer of this vault: entry numbers,
+        // versions and seq are all allocated while holding it, so within a
+        // vault seq order equals commit order.
+        let next_entry_no = Self::lock_vault(&mut tx, &new.vault_id).await?;
+        let (entry_no, version) = match new.entry_no {
+            None => (next_entry_no, 1),
+            Some(n) => {
+                let newest: Option<i64> = sqlx::query_scalar(
+                    "select max(version) from vault_entries where vault_id = $1 and entry_no = $2",
+                )
+                .bind(&new.vault_id)
+                .bind(n)
+                .fetch_one(&mut *tx)
+                .await?;
+                (n, newest.ok_or(StoreError::EntryNotFound(n))? + 1)
+            }
+        };
+        let seq: i64 = sqlx::query_scalar("select nextval('vault_seq')")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(
+            "insert into vault_entries (seq, vault_id, entry_no, version, kind, writer_id, content)
+             values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(seq)
+        .bind(&new.vault_id)
+        .bind(entry_no)
+        .bind(version)
+        .bind(KIND_CONTENT)
+        .bind(&new.writer_id)
+        .bind(&new.content)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "update vaults set
+                head_seq = $2,
+                next_entry_no = next_entry_no + $3,
+                writers = case when writers @> array[$4] then writers else array_append(writers, $4) end
+             where id = $1",
+        )
+        .bind(&new.vault_id)
+        .bind(seq)
+        .bind(i64::from(new.entry_no.is_none()))
+        .bind(&new.writer_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::notify(&mut tx, json!({"t": "entry", "v": new.vault_id, "s": seq})).await?;
+        tx.commit().await?;
+        Ok(WriteReceipt {
+            entry_no,
+            version,
+            seq,
+        })
+    }
+
+    async fn read_entries(
+        &self,
+        vault_id: &str,
+        view: View,
+        since: i64,
+    ) -> StoreResult<Vec<Entry>> {
+        // An empty result is ambiguous; the caller has already loaded the
+        // vault, but check anyway so the contract holds for direct callers.
+        if self.vault(vault_id).await?.is_none() {
+            return Err(StoreError::VaultNotFound);
+        }
+        let sql = match view {
+            View::History => format!(
+                "select {ENTRY_COLUMNS} from vault_entries
+                 where vault_id = $1 and seq > $2 order by seq"
+            ),
+            View::Current => format!(
+                "select {ENTRY_COLUMNS} from (
+                    select distinct on (entry_no) {ENTRY_COLUMNS} from vault_entries
+                    where vault_id = $1 order by entry_no, version desc
+                 ) newest where seq > $2 order by entry_no"
+            ),
+        };
+        let rows = sqlx::query(&sql)
+            .bind(vault_id)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(entry_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn entries_after(
+        &self,
+        vault_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Entry>> {
+        let rows = sqlx::query(&format!(
+            "select {ENTRY_COLUMNS} from vault_entries
+             where vault_id = $1 and seq > $2 order by seq limit $3"
+        ))
+        .bind(vault_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(entry_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn set_summary(&self, vault_id: &str, summary: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("update vaults set summary = $2 where id = $1")
+            .bind(vault_id)
+            .bind(summary)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::VaultNotFound);
+        }
+        Self::notify(&mut tx, json!({"t": "summary", "v": vault_id})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_astation(&self, astation: &Astation, token_hash: &str) -> StoreResult<()> {
+        sqlx::query(
+            "insert into astations (id, name, token_hash, created_at) values ($1, $2, $3, $4)",
+        )
+        .bind(&astation.astation_id)
+        .bind(&astation.name)
+        .bind(token_hash)
+        .bind(astation.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict("astation exists".into())
+            }
+            other => other.into(),
+        })?;
+        Ok(())
+    }
+
+    async fn list_astations(&self) -> StoreResult<Vec<Astation>> {
+        let rows =
+            sqlx::query("select id, name, created_at from astations order by created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Astation {
+                    astation_id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn astation_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Astation>> {
+        let row = sqlx::query("select id, name, created_at from astations where token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Astation {
+                astation_id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_astation(&self, astation_id: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("delete from astations where id = $1")
+            .bind(astation_id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::AstationNotFound);
+        }
+        sqlx::query("update sessions set state = 'revoked' where astation_id = $1")
+            .bind(astation_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::notify(&mut tx, json!({"t": "revoke", "astation": astation_id})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_session(&self, id_hash: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "update sessions set state = 'revoked' where id_hash = $1 and state <> 'revoked'",
+        )
+        .bind(id_hash)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::notify(&mut tx, json!({"t": "revoke", "session": id_hash})).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
+        sqlx::query(
+            "insert into sessions
+                (id_hash, hostname, state, astation_id, otp_hash, failed_attempts, expires_at, created_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&s.id_hash)
+        .bind(&s.hostname)
+        .bind(s.state.as_str())
+        .bind(&s.astation_id)
+        .bind(&s.otp_hash)
+        .bind(s.failed_attempts)
+        .bind(s.expires_at)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query("select * from sessions where id_hash = $1")
+            .bind(id_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn transition_session(
+        &self,
+        id_hash: &str,
+        from: SessionState,
+        to: SessionState,
+        astation_id: Option<&str>,
+    ) -> StoreResult<bool> {
+        let updated = sqlx::query(
+            "update sessions set state = $3, astation_id = coalesce($4, astation_id)
+             where id_hash = $1 and state = $2",
+        )
+        .bind(id_hash)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(astation_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn record_failed_code(&self, id_hash: &str, limit: i32) -> StoreResult<SessionRecord> {
+        // One statement, so concurrent wrong guesses are all counted.
+        let row = sqlx::query(
+            "update sessions set
+                failed_attempts = failed_attempts + 1,
+                state = case when failed_attempts + 1 >= $2 then 'denied' else state end
+             where id_hash = $1 and state = 'pending'
+             returning *",
+        )
+        .bind(id_hash)
+        .bind(limit)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => session_from_row(&row),
+            None => self
+                .session(id_hash)
+                .await?
+                .ok_or_else(|| StoreError::Conflict("no such session".into())),
+        }
+    }
+
+    async fn insert_ticket(&self, t: &StreamTicket) -> StoreResult<()> {
+        // Expired tickets are swept on the way in so the table stays small.
+        sqlx::query("delete from stream_tickets where expires_at < now()")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "insert into stream_tickets (ticket_hash, vault_id, session_hash, link_hash, client_id, expires_at)
+             values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t.ticket_hash)
+        .bind(&t.vault_id)
+        .bind(&t.session_hash)
+        .bind(&t.link_hash)
+        .bind(&t.client_id)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<StreamTicket>> {
+        let row = sqlx::query(
+            "delete from stream_tickets where ticket_hash = $1 and expires_at > now() returning *",
+        )
+        .bind(ticket_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StreamTicket {
+                ticket_hash: r.try_get("ticket_hash")?,
+                vault_id: r.try_get("vault_id")?,
+                session_hash: r.try_get("session_hash")?,
+                link_hash: r.try_get("link_hash")?,
+                client_id: r.try_get("client_id")?,
+                expires_at: r.try_get::<DateTime<Utc>, _>("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_watcher(&self, w: &WatcherRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "insert into stream_watchers (replica_id, conn_id, vault_id, atem_id, client_id)
+             values ($1, $2, $3, $4, $5)",
+        )
+        .bind(&w.replica_id)
+        .bind(w.conn_id)
+        .bind(&w.vault_id)
+        .bind(&w.atem_id)
+        .bind(&w.client_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::notify(&mut tx, json!({"t": "presence", "v": w.vault_id})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_watcher(
+        &self,
+        replica_id: &str,
+        conn_id: i64,
+        vault_id: &str,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("delete from stream_watchers where replica_id = $1 and conn_id = $2")
+            .bind(replica_id)
+            .bind(conn_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::notify(&mut tx, json!({"t": "presence", "v": vault_id})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn watchers(&self, vault_id: &str, limit: i64) -> StoreResult<(Vec<Watcher>, i64)> {
+        // Only replicas that said they were alive recently count (see heartbeat).
+        let rows = sqlx::query(
+            "select atem_id, client_id, count(*) over () as total
+             from stream_watchers w join relay_replicas r using (replica_id)
+             where w.vault_id = $1 and r.heartbeat_at > now() - interval '60 seconds'
+             order by w.joined_at, w.replica_id, w.conn_id
+             limit $2",
+        )
+        .bind(vault_id)
+        .bind(limit.max(1))
+        .fetch_all(&self.pool)
+        .await?;
+        let total = match rows.first() {
+            Some(r) => r.try_get("total")?,
+            None => 0,
+        };
+        let listed = rows
+            .iter()
+            .map(|r| {
+                Ok(Watcher {
+                    atem_id: r.try_get("atem_id")?,
+                    client_id: r.try_get("client_id")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((listed, total))
+    }
+
+    async fn heartbeat(&self, replica_id: &str, stale_after: Duration) -> StoreResult<()> {
+        sqlx::query(
+            "insert into relay_replicas (replica_id) values ($1)
+             on conflict (replica_id) do update set heartbeat_at = now()",
+        )
+        .bind(replica_id)
+        .execute(&self.pool)
+        .await?;
+        // Sweep what crashed replicas left behind.
+        let secs = stale_after.as_secs_f64();
+        sqlx::query(
+            "delete from stream_watchers where replica_id in (
+                select replica_id from relay_replicas
+                where heartbeat_at < now() - make_interval(secs => $1))",
+        )
+        .bind(secs)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "delete from relay_replicas where heartbeat_at < now() - make_interval(secs => $1)",
+        )
+        .bind(secs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_link(&self, l: &ReadLink) -> StoreResult<()> {
+        sqlx::query(
+            "insert into read_links (link_id, secret_hash, vault_id, created_by, created_at, expires_at, revoked)
+             values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&l.link_id)
+        .bind(&l.secret_hash)
+        .bind(&l.vault_id)
+        .bind(&l.created_by)
+        .bind(l.created_at)
+        .bind(l.expires_at)
+        .bind(l.revoked)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn link_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<ReadLink>> {
+        let row = sqlx::query("select * from read_links where secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(link_from_row).transpose()?)
+    }
+
+    async fn links_for_vault(&self, vault_id: &str) -> StoreResult<Vec<ReadLink>> {
+        let rows = sqlx::query(
+            "select * from read_links where vault_id = $1 order by created_at, link_id",
+        )
+        .bind(vault_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(link_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn revoke_link(&self, vault_id: &str, link_id: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "update read_links set revoked = true where vault_id = $1 and link_id = $2 and not revoked",
+        )
+        .bind(vault_id)
+        .bind(link_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::notify(&mut tx, json!({"t": "revoke", "link": link_id})).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// Parses a NOTIFY payload written by this module.
+pub(crate) fn parse_notice(payload: &str) -> Option<Notice> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    match v.get("t")?.as_str()? {
+        "entry" => Some(Notice::Entry {
+            vault_id: text("v")?,
+            seq: v.get("s")?.as_i64()?,
+        }),
+        "summary" => Some(Notice::Summary {
+            vault_id: text("v")?,
+        }),
+        "presence" => Some(Notice::Presence {
+            vault_id: text("v")?,
+        }),
+        "revoke" => Some(Notice::Revoked(if let Some(s) = text("session") {
+            Revocation::Session(s)
+        } else if let Some(a) = text("astation") {
+            Revocation::Astation(a)
+        } else {
+            Revocation::Link(text("link")?)
+        })),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_round_trip_through_their_payload() {
+        assert_eq!(
+            parse_notice(&json!({"t": "entry", "v": "v-a", "s": 7}).to_string()),
+            Some(Notice::Entry {
+                vault_id: "v-a".into(),
+                seq: 7
+            })
+        );
+        assert_eq!(
+            parse_notice(&json!({"t": "revoke", "astation": "a-1"}).to_string()),
+            Some(Notice::Revoked(Revocation::Astation("a-1".into())))
+        );
+        assert_eq!(parse_notice("not json"), None);
+        assert_eq!(parse_notice(r#"{"t":"entry","v":"x"}"#), None);
+    }
+}

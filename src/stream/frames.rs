@@ -1,0 +1,75 @@
+//! The stream's frames, as JSON text. Their `type` names are part of the
+//! protocol (docs/stream.md).
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::store::{Entry, Watcher};
+
+/// Close code: the server is shutting down; reconnect (elsewhere).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the server hit an internal error; reconnect with `since`.
+pub const CLOSE_INTERNAL: u16 = 1011;
+/// Close code: the client fell too far behind; reconnect with `since`.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
+/// Close code: the credential was revoked or expired; sign in again.
+pub const CLOSE_REVOKED: u16 = 4001;
+/// Close code: the peer stopped answering pings.
+pub const CLOSE_UNRESPONSIVE: u16 = 4002;
+
+#[derive(Serialize)]
+struct EntryFrame<'a> {
+    #[serde(rename = "type")]
+    frame_type: &'static str,
+    #[serde(flatten)]
+    entry: &'a Entry,
+}
+
+fn text(value: impl Serialize) -> Utf8Bytes {
+    // Serializing our own plain structs cannot fail.
+    Utf8Bytes::from(serde_json::to_string(&value).unwrap_or_default())
+}
+
+/// `{"type": "entry", ...VaultEntry}`
+pub fn entry(e: &Entry) -> Utf8Bytes {
+    text(EntryFrame {
+        frame_type: "entry",
+        entry: e,
+    })
+}
+
+/// `{"type": "hello", "vault_id", "summary", "head_seq", "epoch"}`
+pub fn hello(vault_id: &str, summary: &str, head_seq: i64, epoch: &str) -> Utf8Bytes {
+    text(json!({
+        "type": "hello",
+        "vault_id": vault_id,
+        "summary": summary,
+        "head_seq": head_seq,
+        "epoch": epoch,
+    }))
+}
+
+/// `{"type": "caught_up", "seq"}`
+pub fn caught_up(seq: i64) -> Utf8Bytes {
+    text(json!({ "type": "caught_up", "seq": seq }))
+}
+
+/// `{"type": "summary", "summary"}`
+pub fn summary(summary: &str) -> Utf8Bytes {
+    text(json!({ "type": "summary", "summary": summary }))
+}
+
+/// `{"type": "reset", "epoch"}`
+pub fn reset(epoch: &str) -> Utf8Bytes {
+    text(json!({ "type": "reset", "epoch": epoch }))
+}
+
+/// Most watchers listed in one presence frame; `count` is always the total.
+pub const MAX_LISTED_WATCHERS: usize = 100;
+
+/// `{"type": "presence", "watchers": [...first 100], "count"}`
+pub fn presence(watchers: &[Watcher], count: i64) -> Utf8Bytes {
+    let listed = &watchers[..watchers.len().min(MAX_LISTED_WATCHERS)];
+    text(json!({ "type": "presence", "watchers": listed, "count": count }))
+}

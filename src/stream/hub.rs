@@ -1,0 +1,323 @@
+//! The per-process subscriber registry and the task that feeds it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::{frames, presence};
+use crate::shutdown::Shutdown;
+use crate::store::{Notice, Revocation, Store, WatcherRecord};
+
+/// Rows fetched per query when the hub pumps a vault.
+const PUMP_PAGE: i64 = 500;
+/// Notices folded into one burst at most.
+const MAX_BURST: usize = 4096;
+
+/// What a vault's subscribers receive.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A committed row, already serialized as an `entry` frame.
+    Entry { seq: i64, frame: Utf8Bytes },
+    /// Any other frame (summary, presence), already serialized.
+    Frame(Utf8Bytes),
+}
+
+struct VaultChannel {
+    tx: broadcast::Sender<Event>,
+    /// The highest seq the hub has broadcast (or knew to be committed when
+    /// the channel opened). Only the hub task advances it.
+    pumped: AtomicI64,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    replica_id: String,
+    capacity: usize,
+    channels: Mutex<HashMap<String, Arc<VaultChannel>>>,
+    revocations: broadcast::Sender<Revocation>,
+    next_conn: AtomicI64,
+}
+
+/// The process's fan-out. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// One subscriber's membership of a vault channel; leaving is dropping it.
+pub struct Subscription {
+    hub: Hub,
+    vault_id: String,
+    conn_id: i64,
+    /// Always `Some` until drop.
+    rx: Option<broadcast::Receiver<Event>>,
+}
+
+impl Hub {
+    /// Starts the hub's tasks: the notice pump, the presence coalescer and
+    /// the replica heartbeat. They stop at shutdown.
+    pub async fn start(store: Arc<dyn Store>, capacity: usize, shutdown: Shutdown) -> Hub {
+        let hub = Hub {
+            inner: Arc::new(Inner {
+                store,
+                replica_id: uuid::Uuid::new_v4().to_string(),
+                capacity: capacity.max(16),
+                channels: Mutex::new(HashMap::new()),
+                revocations: broadcast::channel(256).0,
+                next_conn: AtomicI64::new(1),
+            }),
+        };
+        // Subscribe before returning so no notice after start-up is missed.
+        let notices = hub.inner.store.notices();
+        if let Err(e) = presence::beat(&hub).await {
+            tracing::warn!(error = %e, "first presence heartbeat failed");
+        }
+        let (dirty_tx, dirty_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(
+            hub.clone()
+                .pump_notices(notices, dirty_tx, shutdown.clone()),
+        );
+        tokio::spawn(presence::run(hub.clone(), dirty_rx, shutdown));
+        hub
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub(crate) fn replica_id(&self) -> &str {
+        &self.inner.replica_id
+    }
+
+    fn channels(&self) -> MutexGuard<'_, HashMap<String, Arc<VaultChannel>>> {
+        // Nothing panics while holding this lock; ignore poisoning.
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn channel(&self, vault_id: &str) -> Option<Arc<VaultChannel>> {
+        self.channels().get(vault_id).cloned()
+    }
+
+    /// Revocations announced anywhere in the service, from now on.
+    pub fn revocations(&self) -> broadcast::Receiver<Revocation> {
+        self.inner.revocations.subscribe()
+    }
+
+    /// Whether the vault has local subscribers.
+    pub(crate) fn is_watched(&self, vault_id: &str) -> bool {
+        self.channels().contains_key(vault_id)
+    }
+
+    /// Vaults with local subscribers.
+    pub(crate) fn watched_vaults(&self) -> Vec<String> {
+        self.channels().keys().cloned().collect()
+    }
+
+    /// Sends a frame to every local subscriber of a vault.
+    pub(crate) fn broadcast(&self, vault_id: &str, event: Event) {
+        if let Some(ch) = self.channel(vault_id) {
+            let _ = ch.tx.send(event);
+        }
+    }
+
+    /// Joins a vault's channel. `head_seq` must have been read from the store
+    /// before this call: rows above it that commit later are announced and
+    /// pumped; rows committed in between are found by the caller's replay,
+    /// which reads the store after subscribing.
+    pub async fn subscribe(
+        &self,
+        vault_id: &str,
+        head_seq: i64,
+        atem_id: &str,
+        client_id: &str,
+    ) -> Subscription {
+        let rx = {
+            let mut channels = self.channels();
+            let ch = channels.entry(vault_id.to_string()).or_insert_with(|| {
+                Arc::new(VaultChannel {
+                    tx: broadcast::channel(self.inner.capacity).0,
+                    pumped: AtomicI64::new(head_seq),
+                })
+            });
+            ch.tx.subscribe()
+        };
+        let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let sub = Subscription {
+            hub: self.clone(),
+            vault_id: vault_id.to_string(),
+            conn_id,
+            rx: Some(rx),
+        };
+        let record = WatcherRecord {
+            replica_id: self.inner.replica_id.clone(),
+            conn_id,
+            vault_id: vault_id.to_string(),
+            atem_id: atem_id.to_string(),
+            client_id: client_id.to_string(),
+        };
+        if let Err(e) = self.inner.store.add_watcher(&record).await {
+            // Presence is advisory: the stream works without it.
+            tracing::warn!(error = %e, "could not record a watcher");
+        }
+        sub
+    }
+
+    /// The notice pump: folds bursts of notices, then reads each touched
+    /// vault's new rows once and broadcasts them.
+    async fn pump_notices(
+        self,
+        mut notices: broadcast::Receiver<Notice>,
+        dirty: tokio::sync::mpsc::UnboundedSender<String>,
+        shutdown: Shutdown,
+    ) {
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        let mut failed: HashSet<String> = HashSet::new();
+        loop {
+            let first = tokio::select! {
+                n = notices.recv() => n,
+                _ = retry.tick(), if !failed.is_empty() => Err(RecvError::Lagged(0)),
+                _ = shutdown.wait() => return,
+            };
+            let mut entries: HashSet<String> = std::mem::take(&mut failed);
+            let mut summaries: HashSet<String> = HashSet::new();
+            let mut resync = false;
+            let mut next = Some(first);
+            let mut folded = 0;
+            while let Some(n) = next.take() {
+                match n {
+                    Ok(Notice::Entry { vault_id, .. }) => {
+                        entries.insert(vault_id);
+                    }
+                    Ok(Notice::Summary { vault_id }) => {
+                        summaries.insert(vault_id);
+                    }
+                    Ok(Notice::Presence { vault_id }) => {
+                        let _ = dirty.send(vault_id);
+                    }
+                    Ok(Notice::Revoked(r)) => {
+                        let _ = self.inner.revocations.send(r);
+                    }
+                    Ok(Notice::Resync) => resync = true,
+                    // Lagged (or a retry tick): we may have missed notices,
+                    // so every watched vault re-reads from its cursor.
+                    Err(RecvError::Lagged(_)) => resync = true,
+                    Err(RecvError::Closed) => return,
+                }
+                folded += 1;
+                if folded < MAX_BURST {
+                    next = match notices.try_recv() {
+                        Ok(n) => Some(Ok(n)),
+                        Err(broadcast::error::TryRecvError::Lagged(k)) => {
+                            Some(Err(RecvError::Lagged(k)))
+                        }
+                        Err(_) => None,
+                    };
+                }
+            }
+            if resync {
+                for v in self.watched_vaults() {
+                    let _ = dirty.send(v.clone());
+                    summaries.insert(v.clone());
+                    entries.insert(v);
+                }
+            }
+            for vault_id in entries {
+                if let Err(e) = self.pump(&vault_id).await {
+                    tracing::warn!(error = %e, "reading new rows failed; will retry");
+                    failed.insert(vault_id);
+                }
+            }
+            for vault_id in summaries {
+                self.push_summary(&vault_id).await;
+            }
+        }
+    }
+
+    /// Reads a vault's rows above its channel's cursor and broadcasts them.
+    async fn pump(&self, vault_id: &str) -> Result<(), crate::store::StoreError> {
+        let Some(ch) = self.channel(vault_id) else {
+            return Ok(());
+        };
+        loop {
+            let after = ch.pumped.load(Ordering::Acquire);
+            let rows = self
+                .inner
+                .store
+                .entries_after(vault_id, after, PUMP_PAGE)
+                .await?;
+            let full = rows.len() as i64 == PUMP_PAGE;
+            for row in &rows {
+                let _ = ch.tx.send(Event::Entry {
+                    seq: row.seq,
+                    frame: frames::entry(row),
+                });
+                ch.pumped.store(row.seq, Ordering::Release);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn push_summary(&self, vault_id: &str) {
+        if self.channel(vault_id).is_none() {
+            return;
+        }
+        match self.inner.store.vault(vault_id).await {
+            Ok(Some(v)) => self.broadcast(vault_id, Event::Frame(frames::summary(&v.summary))),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading a summary failed"),
+        }
+    }
+}
+
+impl Subscription {
+    /// The next event, or why there is none (lagged: catch up from the store).
+    pub async fn recv(&mut self) -> Result<Event, RecvError> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => Err(RecvError::Closed),
+        }
+    }
+
+    /// This subscriber's id within the process.
+    pub fn conn_id(&self) -> i64 {
+        self.conn_id
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        {
+            let mut channels = self.hub.channels();
+            // Drop the receiver under the lock so a concurrent subscribe
+            // cannot join a channel we are about to remove.
+            self.rx.take();
+            if channels
+                .get(&self.vault_id)
+                .is_some_and(|ch| ch.tx.receiver_count() == 0)
+            {
+                channels.remove(&self.vault_id);
+            }
+        }
+        let store = self.hub.inner.store.clone();
+        let replica = self.hub.inner.replica_id.clone();
+        let (conn, vault) = (self.conn_id, std::mem::take(&mut self.vault_id));
+        // Presence cleanup is I/O; do it off the dropping thread. If the
+        // runtime is gone the heartbeat sweep removes the row later.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.remove_watcher(&replica, conn, &vault).await {
+                    tracing::warn!(error = %e, "could not remove a watcher");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! One stream's socket: hello, replay, then live, until something ends it.
+//!
+//! Three layers: the HTTP handler checks everything before the upgrade
+//! (`http::stream`); [`serve`] logs how the stream ended; [`run`] is the
+//! loop that `select!`s over new rows, client frames, the ping timer,
+//! revocations and shutdown.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use chrono::{DateTime, Utc};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, timeout};
+
+use super::frames::{
+    self, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_REVOKED, CLOSE_SLOW_CONSUMER, CLOSE_UNRESPONSIVE,
+};
+use super::hub::{Event, Hub};
+use super::presence;
+use crate::auth::{self, Principal};
+use crate::shutdown::Shutdown;
+use crate::store::{Revocation, Vault};
+
+/// Rows per store read while replaying or catching up.
+const REPLAY_PAGE: i64 = 1000;
+/// A frame that cannot be written within this time marks a slow consumer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a stream needs, fixed before the upgrade.
+pub struct StreamRequest {
+    pub vault: Vault,
+    pub principal: Principal,
+    pub client_id: String,
+    pub atem_id: String,
+    /// `since` from the query; `None` starts at the head.
+    pub since: Option<i64>,
+    /// `epoch` from the query, if the client sent one.
+    pub epoch: Option<String>,
+    /// When the credential stops being valid by itself (links expire).
+    pub expires_at: Option<DateTime<Utc>>,
+    pub ping_every: Duration,
+}
+
+/// Why a stream ended.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    ClientGone,
+    Shutdown,
+    Revoked,
+    Slow,
+    Unresponsive,
+    Fault(String),
+}
+
+impl End {
+    fn close(&self) -> Option<(u16, &'static str)> {
+        match self {
+            End::ClientClosed | End::ClientGone => None,
+            End::Shutdown => Some((
+                CLOSE_GOING_AWAY,
+                "server shutting down; reconnect with since",
+            )),
+            End::Revoked => Some((
+                CLOSE_REVOKED,
+                "credential revoked or expired; sign in again",
+            )),
+            End::Slow => Some((CLOSE_SLOW_CONSUMER, "too far behind; reconnect with since")),
+            End::Unresponsive => Some((CLOSE_UNRESPONSIVE, "no answer to ping")),
+            End::Fault(_) => Some((CLOSE_INTERNAL, "server error; reconnect with since")),
+        }
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Runs a stream to its end and logs the outcome.
+pub async fn serve(socket: WebSocket, hub: Hub, req: StreamRequest, shutdown: Shutdown) {
+    let vault_id = req.vault.id.clone();
+    let (mut sink, mut source) = socket.split();
+    let end = match run(&mut sink, &mut source, &hub, req, &shutdown).await {
+        Ok(end) | Err(end) => end,
+    };
+    match &end {
+        End::Fault(detail) => tracing::error!(%vault_id, %detail, "stream failed"),
+        other => tracing::debug!(%vault_id, end = ?other, "stream ended"),
+    }
+    if let Some((code, reason)) = end.close() {
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let _ = timeout(Duration::from_secs(1), sink.send(close)).await;
+    }
+    let _ = timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), End> {
+    match timeout(SEND_TIMEOUT, sink.send(Message::Text(frame))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::ClientGone),
+        Err(_) => Err(End::Slow),
+    }
+}
+
+/// Sends every row of the vault above `cursor` from the store, in seq order;
+/// returns the new cursor.
+async fn catch_up(sink: &mut Sink, hub: &Hub, vault_id: &str, mut cursor: i64) -> Result<i64, End> {
+    loop {
+        let rows = hub
+            .store()
+            .entries_after(vault_id, cursor, REPLAY_PAGE)
+            .await
+            .map_err(|e| End::Fault(e.to_string()))?;
+        let full = rows.len() as i64 == REPLAY_PAGE;
+        for row in &rows {
+            send(sink, frames::entry(row)).await?;
+            cursor = row.seq;
+        }
+        if !full {
+            return Ok(cursor);
+        }
+    }
+}
+
+fn revokes(r: &Revocation, principal: &Principal) -> bool {
+    match (r, principal) {
+        (Revocation::Session(h), Principal::Session { session_hash, .. }) => h == session_hash,
+        (Revocation::Astation(a), Principal::Session { work_session, .. }) => a == work_session,
+        (Revocation::Link(id), Principal::Link { link_id, .. }) => id == link_id,
+        _ => false,
+    }
+}
+
+async fn run(
+    sink: &mut Sink,
+    source: &mut futures_util::stream::SplitStream<WebSocket>,
+    hub: &Hub,
+    req: StreamRequest,
+    shutdown: &Shutdown,
+) -> Result<End, End> {
+    let vault = &req.vault;
+    let epoch = hub.store().epoch();
+    // Subscribe first, then read: anything committed from here on is either
+    // in the replay or arrives live, and duplicates are dropped by seq.
+    let mut revocations = hub.revocations();
+    let mut sub = hub
+        .subscribe(&vault.id, vault.head_seq, &req.atem_id, &req.client_id)
+        .await;
+    let fresh = hub
+        .store()
+        .vault(&vault.id)
+        .await
+        .map_err(|e| End::Fault(e.to_string()))?;
+    let (summary, head_seq) = fresh
+        .map(|v| (v.summary, v.head_seq))
+        .unwrap_or((vault.summary.clone(), vault.head_seq));
+    send(sink, frames::hello(&vault.id, &summary, head_seq, &epoch)).await?;
+    if let Ok(p) = presence::frame(hub, &vault.id).await {
+        send(sink, p).await?;
+    }
+
+    let since = match (&req.epoch, req.since) {
+        (Some(e), _) if *e != epoch => {
+            send(sink, frames::reset(&epoch)).await?;
+            Some(0)
+        }
+        (_, since) => since,
+    };
+    let mut cursor = match since {
+        Some(since) => {
+            let cursor = catch_up(sink, hub, &vault.id, since).await?;
+            send(sink, frames::caught_up(cursor)).await?;
+            cursor
+        }
+        None => head_seq,
+    };
+
+    let mut ping = tokio::time::interval(req.ping_every);
+    ping.reset();
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            event = sub.recv() => match event {
+                Ok(Event::Entry { seq, frame }) => {
+                    if seq > cursor {
+                        send(sink, frame).await?;
+                        cursor = seq;
+                    }
+                }
+                Ok(Event::Frame(frame)) => send(sink, frame).await?,
+                // Fell off the ring: the store has every row we missed.
+                Err(RecvError::Lagged(_)) => cursor = catch_up(sink, hub, &vault.id, cursor).await?,
+                Err(RecvError::Closed) => return Ok(End::Shutdown),
+            },
+            msg = source.next() => match msg {
+                Some(Ok(Message::Close(_))) => return Ok(End::ClientClosed),
+                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Err(_)) | None => return Ok(End::ClientGone),
+            },
+            r = revocations.recv() => match r {
+                Ok(r) if revokes(&r, &req.principal) => return Ok(End::Revoked),
+                Ok(_) => {}
+                Err(_) => {
+                    if auth::still_valid(hub.store().as_ref(), &req.principal).await.is_err() {
+                        return Ok(End::Revoked);
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > req.ping_every * 2 {
+                    return Ok(End::Unresponsive);
+                }
+                if req.expires_at.is_some_and(|t| t <= Utc::now()) {
+                    return Ok(End::Revoked);
+                }
+                match timeout(SEND_TIMEOUT, sink.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Ok(End::ClientGone),
+                    Err(_) => return Ok(End::Slow),
+                }
+            }
+            _ = shutdown.wait() => return Ok(End::Shutdown),
+        }
+    }
+}
