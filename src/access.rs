@@ -25,7 +25,7 @@ pub fn allows(caller: &Caller, vault: &Vault, action: Action) -> bool {
     match &caller.principal {
         Principal::Session { work_session, .. } => {
             let in_session = *work_session == vault.work_session;
-            let past_writer = vault.writers.iter().any(|w| *w == caller.client_id);
+            let past_writer = vault.writers.contains(&caller.client_id);
             match action {
                 Action::Write => in_session,
                 Action::Read | Action::SetSummary | Action::ManageLinks => {

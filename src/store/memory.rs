@@ -451,7 +451,7 @@ impl Store for MemoryStore {
             .filter(|l| l.vault_id == vault_id)
             .cloned()
             .collect();
-        links.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        links.sort_by_key(|l| l.created_at);
         Ok(links)
     }
 

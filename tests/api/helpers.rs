@@ -1,0 +1,327 @@
+//! Test helpers: start the real relay on 127.0.0.1:0 over either store, give
+//! each Postgres test a fresh database, and speak the API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::task::JoinHandle;
+use vault_relay::config::Config;
+use vault_relay::shutdown::Shutdown;
+use vault_relay::startup::Application;
+use vault_relay::store::Store;
+
+/// Which store a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Postgres,
+}
+
+/// The admin token every test relay uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The server that holds the per-test databases. Tests that need Postgres
+/// never skip: without it they fail and say how to get one.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "TEST_DATABASE_URL is not set. Postgres tests need a server and a role that may create \
+             databases: run ./scripts/test, which starts Postgres and sets it, or set \
+             TEST_DATABASE_URL=postgres://USER:PASSWORD@127.0.0.1:5432/DB yourself."
+        )
+    })
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    format!("{base}/{db}{query}")
+}
+
+/// A throwaway database, dropped when this value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let server = server_url();
+        let name = format!("vr_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach TEST_DATABASE_URL ({e}); run ./scripts/test"));
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create a test database");
+        let url = with_database(&server, &name);
+        TestDb { name, url }
+    }
+
+    /// A connection to this database, for tests that reach under the relay.
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url).await.expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = server_url();
+        let name = self.name.clone();
+        // Drop runs inside a test's runtime; do the async work on a thread
+        // of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let mut conn = sqlx::PgConnection::connect(&server).await?;
+                sqlx::query(&format!("drop database if exists {name} with (force)"))
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
+
+/// A running relay and a client for it.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub store: Arc<dyn Store>,
+    shutdown: Shutdown,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+    pub db: Option<Arc<TestDb>>,
+}
+
+/// A relay configuration for tests.
+pub fn test_config(database_url: Option<String>) -> Config {
+    let mut config = Config::for_tests();
+    config.admin_token = Some(ADMIN_TOKEN.into());
+    config.database_url = database_url;
+    config.database_max_connections = 8;
+    config.web_dir = Some(std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web")));
+    config
+}
+
+impl TestApp {
+    /// A relay on a fresh store of the given kind.
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// A relay on a fresh store, with the configuration adjusted first.
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let db = match backend {
+            Backend::Memory => None,
+            Backend::Postgres => Some(Arc::new(TestDb::create().await)),
+        };
+        let mut config = test_config(db.as_ref().map(|d| d.url.clone()));
+        adjust(&mut config);
+        Self::start(config, db, backend).await
+    }
+
+    /// Another relay on the same database (a replica, or a restart).
+    pub async fn spawn_on(db: Arc<TestDb>) -> TestApp {
+        let config = test_config(Some(db.url.clone()));
+        Self::start(config, Some(db), Backend::Postgres).await
+    }
+
+    /// A relay on a given port and database (restart on the same address).
+    pub async fn start(config: Config, db: Option<Arc<TestDb>>, backend: Backend) -> TestApp {
+        let app = Application::build(config).await.expect("build the relay");
+        let addr = app.local_addr().expect("bound address");
+        let shutdown = app.shutdown_handle();
+        let store = app.store();
+        let handle = tokio::spawn(app.run_until_stopped());
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("http client"),
+            backend,
+            store,
+            shutdown,
+            handle: Some(handle),
+            db,
+        }
+    }
+
+    /// Stops the relay gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(h) = self.handle.take() {
+            let result = tokio::time::timeout(Duration::from_secs(10), h)
+                .await
+                .expect("relay stops within 10 s");
+            result.expect("relay task").expect("relay exits cleanly");
+        }
+    }
+
+    /// Any request; returns the status and the JSON body (Null if none).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request reaches the relay");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"))
+        };
+        (status, value)
+    }
+
+    /// Registers an astation through the admin API: (astation_id, token).
+    pub async fn astation(&self, name: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/admin/astations",
+                Some(&format!("Bearer {ADMIN_TOKEN}")),
+                Some(json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (
+            body["astation_id"].as_str().expect("astation_id").to_string(),
+            body["token"].as_str().expect("token").to_string(),
+        )
+    }
+
+    /// A granted session minted with an astation token; returns its id.
+    pub async fn session(&self, astation_token: &str) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/sessions",
+                Some(&format!("Bearer {astation_token}")),
+                Some(json!({ "hostname": "test-host" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "granted");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// A new astation with one granted session: (astation_id, token, session).
+    pub async fn work_session(&self, name: &str) -> (String, String, String) {
+        let (id, token) = self.astation(name).await;
+        let session = self.session(&token).await;
+        (id, token, session)
+    }
+
+    /// A vault request as `session` acting as `client`.
+    pub async fn vault_call(
+        &self,
+        method: Method,
+        path: &str,
+        session: &str,
+        client: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.call(
+            method,
+            &format!("{path}{sep}id={client}"),
+            Some(&format!("session {session}")),
+            body,
+        )
+        .await
+    }
+
+    /// Creates a vault; returns its id.
+    pub async fn create_vault(&self, session: &str, client: &str, summary: &str) -> String {
+        let (status, body) = self
+            .vault_call(Method::POST, "/api/vault", session, client, Some(json!({ "summary": summary })))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["vault_id"].as_str().expect("vault_id").to_string()
+    }
+
+    /// Appends (or edits, with `entry_id`) and returns the receipt.
+    pub async fn write(
+        &self,
+        vault: &str,
+        session: &str,
+        client: &str,
+        text: &str,
+        entry_id: Option<i64>,
+    ) -> Value {
+        let mut body = json!({ "text": text });
+        if let Some(n) = entry_id {
+            body["entry_id"] = json!(n);
+        }
+        let (status, receipt) = self
+            .vault_call(Method::POST, &format!("/api/vault/{vault}"), session, client, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{receipt}");
+        receipt
+    }
+
+    /// Reads a vault; `query` is appended as is (e.g. "history=true").
+    pub async fn read(&self, vault: &str, session: &str, client: &str, query: &str) -> Vec<Value> {
+        let path = if query.is_empty() {
+            format!("/api/vault/{vault}")
+        } else {
+            format!("/api/vault/{vault}?{query}")
+        };
+        let (status, body) = self.vault_call(Method::GET, &path, session, client, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().expect("an array").clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Runs one async test body per backend. Usage: `both_stores!(a, b, c);`
+/// where each name is `async fn name(backend: Backend)` in the module.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Memory).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,13 @@
+//! The relay's integration tests: one binary, the real app on 127.0.0.1:0.
+//! Postgres tests take their server from TEST_DATABASE_URL (./scripts/test
+//! sets it up) and create one database each.
+
+mod helpers;
+
+mod admin;
+mod browser;
+mod errors;
+mod pg_only;
+mod sessions;
+mod stream;
+mod vaults;
