@@ -55,6 +55,9 @@ pub async fn vault_for(
             return Err(ApiError::NotFound("no such vault".into()));
         }
     }
+    if !crate::secrets::is_plain_id(vault_id) {
+        return Err(ApiError::NotFound("no such vault".into()));
+    }
     let vault = store
         .vault(vault_id)
         .await?

@@ -9,6 +9,13 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 
+/// Whether `s` could be an id we issued (vault, astation, link): short,
+/// ASCII letters, digits and `-` only. Anything else cannot exist, so it is
+/// answered as "not found" without reaching the store.
+pub fn is_plain_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// `len` random base62 characters.
 pub fn base62(len: usize) -> String {
     rand::rng()
@@ -79,6 +86,15 @@ mod tests {
         assert!(v[2..].chars().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(session_id(), session_id());
         assert_eq!(otp().len(), 8);
+    }
+
+    #[test]
+    fn only_plain_ids_pass() {
+        assert!(is_plain_id(&vault_id()));
+        assert!(is_plain_id("a-1"));
+        for bad in ["", "v-1\0", "v/1", "v 1", "é", &"x".repeat(65)] {
+            assert!(!is_plain_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

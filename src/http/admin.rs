@@ -1,13 +1,13 @@
 //! The admin API: `/api/admin/astations`, guarded by the admin token.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{self, AdminAuth};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::store::Astation;
 
@@ -45,8 +45,11 @@ async fn list(
 async fn remove(
     State(state): State<AppState>,
     _admin: AdminAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if !crate::secrets::is_plain_id(&id) {
+        return Err(ApiError::NotFound("no such astation".into()));
+    }
     state.store.delete_astation(&id).await?;
     tracing::info!(astation_id = %id, "astation removed; its sessions are revoked");
     Ok(Json(json!({})))

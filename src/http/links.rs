@@ -3,7 +3,7 @@
 //! shown once (inside the link's URL fragment, which browsers never send to
 //! a server) and stored only as a hash.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::access::{self, Action};
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::ReadLink;
@@ -60,7 +60,7 @@ fn describe(link: &ReadLink) -> Value {
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Json<Value>, ApiError> {
@@ -108,7 +108,7 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     access::vault_for(
         state.store.as_ref(),
@@ -124,7 +124,7 @@ async fn list(
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path((vault_id, link_id)): Path<(String, String)>,
+    ApiPath((vault_id, link_id)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     access::vault_for(
         state.store.as_ref(),
@@ -133,7 +133,9 @@ async fn revoke(
         Action::ManageLinks,
     )
     .await?;
-    if !state.store.revoke_link(&vault_id, &link_id).await? {
+    if !crate::secrets::is_plain_id(&link_id)
+        || !state.store.revoke_link(&vault_id, &link_id).await?
+    {
         return Err(ApiError::NotFound(
             "this vault has no live link with that id".into(),
         ));

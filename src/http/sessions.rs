@@ -1,6 +1,6 @@
 //! Pairing and sessions: `/api/sessions`. The rules live in [`crate::auth`].
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{self, AstationAuth};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// Routes under `/api/sessions`.
@@ -64,7 +64,7 @@ async fn create(
 
 async fn status(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let status = auth::session_status(state.store.as_ref(), &id).await?;
     Ok(Json(json!({ "status": status })))
@@ -73,7 +73,7 @@ async fn status(
 async fn grant(
     State(state): State<AppState>,
     AstationAuth(astation): AstationAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<GrantBody>,
 ) -> Result<Json<Value>, ApiError> {
     auth::grant(state.store.as_ref(), &id, &body.otp, &astation).await?;
@@ -86,7 +86,7 @@ async fn grant(
 async fn deny(
     State(state): State<AppState>,
     AstationAuth(_astation): AstationAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth::deny(state.store.as_ref(), &id).await?;
     Ok(Json(json!({ "status": "denied" })))
@@ -95,7 +95,7 @@ async fn deny(
 async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth::revoke(state.store.as_ref(), &id, &headers).await?;
     Ok(Json(json!({})))

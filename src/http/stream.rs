@@ -5,7 +5,7 @@
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::access::{self, Action};
 use crate::auth::{self, Caller, Principal};
-use crate::error::{ApiError, ApiQuery};
+use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::http::vaults::parse_since;
 use crate::identity::sanitize_atem_id;
 use crate::secrets;
@@ -105,7 +105,7 @@ async fn principal(
 
 async fn stream(
     State(state): State<AppState>,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
@@ -167,7 +167,7 @@ async fn stream(
 async fn ticket(
     State(state): State<AppState>,
     caller: Caller,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
     let (session_hash, link_hash) = match &caller.principal {

@@ -1,7 +1,7 @@
 //! The five vault routes (their shapes are fixed by deployed clients) and
 //! the viewer's vault info.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::access::{self, Action};
 use crate::auth::{Caller, Principal};
-use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::{Entry, NewEntry, NewVault, View, WriteReceipt};
@@ -138,7 +138,7 @@ async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Valu
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<Vec<Entry>>, ApiError> {
     let since = parse_since(q.since.as_deref())?;
@@ -152,7 +152,7 @@ async fn read(
 async fn write(
     State(state): State<AppState>,
     caller: Caller,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
     ApiJson(body): ApiJson<WriteBody>,
 ) -> Result<Json<WriteReceipt>, ApiError> {
     if let Some(n) = body.entry_id {
@@ -179,7 +179,7 @@ async fn write(
 async fn set_summary(
     State(state): State<AppState>,
     caller: Caller,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
     ApiJson(body): ApiJson<SummaryBody>,
 ) -> Result<Json<Value>, ApiError> {
     validate_text("text", &body.text, state.settings.max_entry_bytes)?;
@@ -193,7 +193,7 @@ async fn set_summary(
 async fn info(
     State(state): State<AppState>,
     caller: Caller,
-    Path(vault_id): Path<String>,
+    ApiPath(vault_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let vault = access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
     Ok(Json(json!({

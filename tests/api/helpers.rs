@@ -67,7 +67,9 @@ impl TestDb {
 
     /// A connection to this database, for tests that reach under the relay.
     pub async fn connect(&self) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(&self.url).await.expect("connect to the test database")
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database")
     }
 }
 
@@ -78,7 +80,9 @@ impl Drop for TestDb {
         // Drop runs inside a test's runtime; do the async work on a thread
         // of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let mut conn = sqlx::PgConnection::connect(&server).await?;
                 sqlx::query(&format!("drop database if exists {name} with (force)"))
@@ -110,7 +114,10 @@ pub fn test_config(database_url: Option<String>) -> Config {
     config.admin_token = Some(ADMIN_TOKEN.into());
     config.database_url = database_url;
     config.database_max_connections = 8;
-    config.web_dir = Some(std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web")));
+    config.web_dir = Some(std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/web"
+    )));
     config
 }
 
@@ -191,7 +198,8 @@ impl TestApp {
         let value = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"))
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"))
         };
         (status, value)
     }
@@ -208,7 +216,10 @@ impl TestApp {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         (
-            body["astation_id"].as_str().expect("astation_id").to_string(),
+            body["astation_id"]
+                .as_str()
+                .expect("astation_id")
+                .to_string(),
             body["token"].as_str().expect("token").to_string(),
         )
     }
@@ -257,7 +268,13 @@ impl TestApp {
     /// Creates a vault; returns its id.
     pub async fn create_vault(&self, session: &str, client: &str, summary: &str) -> String {
         let (status, body) = self
-            .vault_call(Method::POST, "/api/vault", session, client, Some(json!({ "summary": summary })))
+            .vault_call(
+                Method::POST,
+                "/api/vault",
+                session,
+                client,
+                Some(json!({ "summary": summary })),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["vault_id"].as_str().expect("vault_id").to_string()
@@ -277,7 +294,13 @@ impl TestApp {
             body["entry_id"] = json!(n);
         }
         let (status, receipt) = self
-            .vault_call(Method::POST, &format!("/api/vault/{vault}"), session, client, Some(body))
+            .vault_call(
+                Method::POST,
+                &format!("/api/vault/{vault}"),
+                session,
+                client,
+                Some(body),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{receipt}");
         receipt
@@ -290,7 +313,9 @@ impl TestApp {
         } else {
             format!("/api/vault/{vault}?{query}")
         };
-        let (status, body) = self.vault_call(Method::GET, &path, session, client, None).await;
+        let (status, body) = self
+            .vault_call(Method::GET, &path, session, client, None)
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body.as_array().expect("an array").clone()
     }
@@ -324,4 +349,144 @@ macro_rules! both_stores {
             )*
         }
     };
+}
+
+/// A stream client speaking the relay's WebSocket protocol.
+pub struct StreamClient {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// How a stream attempt ended before the upgrade: status and JSON body.
+pub type Refusal = (StatusCode, Value);
+
+/// What a read from a stream produced.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Frame(Value),
+    Closed(Option<u16>, String),
+}
+
+impl TestApp {
+    /// Opens `/api/vault/{vault}/stream?id={client}&{query}` with a session
+    /// header (when given).
+    pub async fn stream(
+        &self,
+        vault: &str,
+        session: Option<&str>,
+        client: &str,
+        query: &str,
+    ) -> Result<StreamClient, Refusal> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut url = format!("ws://{}/api/vault/{vault}/stream?id={client}", self.addr);
+        if !query.is_empty() {
+            url.push('&');
+            url.push_str(query);
+        }
+        let mut request = url.into_client_request().expect("stream request");
+        if let Some(s) = session {
+            request.headers_mut().insert(
+                "authorization",
+                format!("session {s}").parse().expect("header"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(StreamClient { socket }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).expect("refusal body is JSON"))
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("stream connect failed: {e}"),
+        }
+    }
+
+    /// Opens a stream that must be accepted.
+    pub async fn open_stream(
+        &self,
+        vault: &str,
+        session: &str,
+        client: &str,
+        query: &str,
+    ) -> StreamClient {
+        match self.stream(vault, Some(session), client, query).await {
+            Ok(s) => s,
+            Err((status, body)) => panic!("stream refused: {status} {body}"),
+        }
+    }
+}
+
+/// Longest wait for any one frame.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+impl StreamClient {
+    /// The next frame or close (pings are answered and skipped).
+    pub async fn next_event(&mut self) -> StreamEvent {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = tokio::time::timeout(FRAME_WAIT, self.socket.next())
+                .await
+                .expect("a frame within the wait");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return StreamEvent::Frame(serde_json::from_str(&t).expect("JSON frame"));
+                }
+                Some(Ok(Message::Close(c))) => {
+                    return StreamEvent::Closed(
+                        c.as_ref().map(|c| u16::from(c.code)),
+                        c.map(|c| c.reason.to_string()).unwrap_or_default(),
+                    );
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return StreamEvent::Closed(None, String::new()),
+            }
+        }
+    }
+
+    /// The next frame; panics on close.
+    pub async fn next_frame(&mut self) -> Value {
+        match self.next_event().await {
+            StreamEvent::Frame(f) => f,
+            StreamEvent::Closed(code, reason) => panic!("stream closed: {code:?} {reason}"),
+        }
+    }
+
+    /// The next frame of `frame_type`, skipping others (presence, ...).
+    pub async fn next_of(&mut self, frame_type: &str) -> Value {
+        loop {
+            let f = self.next_frame().await;
+            if f["type"] == frame_type {
+                return f;
+            }
+        }
+    }
+
+    /// Entry frames until `n` have arrived (other frames are skipped).
+    pub async fn entries(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.next_of("entry").await);
+        }
+        out
+    }
+
+    /// Waits for the server to close the stream; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let StreamEvent::Closed(code, _) = self.next_event().await {
+                return code;
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
 }
