@@ -132,6 +132,10 @@ pub struct Config {
     /// Frames a stream may have queued before it is treated as slow.
     #[arg(long, env = "STREAM_BUFFER_FRAMES", default_value_t = 256)]
     pub stream_buffer_frames: usize,
+    /// Milliseconds a single frame may take to reach a client before the
+    /// client is treated as stuck and closed with code 4000.
+    #[arg(long, env = "STREAM_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub stream_send_timeout_ms: u64,
     /// Seconds a read-only link lives unless the request says otherwise.
     #[arg(long, env = "LINK_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub link_ttl_secs: u64,

@@ -20,6 +20,7 @@ pub struct Settings {
     pub public_base_url: Option<String>,
     pub stream_ping: Duration,
     pub stream_buffer_frames: usize,
+    pub stream_send_timeout: Duration,
 }
 
 impl Settings {
@@ -38,6 +39,7 @@ impl Settings {
                 .map(|u| u.trim_end_matches('/').to_string()),
             stream_ping: Duration::from_secs(config.stream_ping_secs.max(1)),
             stream_buffer_frames: config.stream_buffer_frames.max(8),
+            stream_send_timeout: Duration::from_millis(config.stream_send_timeout_ms.max(100)),
         }
     }
 }

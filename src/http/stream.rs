@@ -150,6 +150,7 @@ async fn stream(
         epoch: q.epoch.filter(|e| !e.is_empty()),
         expires_at,
         ping_every: state.settings.stream_ping,
+        send_timeout: state.settings.stream_send_timeout,
     };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();

@@ -25,8 +25,6 @@ use crate::store::{Revocation, Vault};
 
 /// Rows per store read while replaying or catching up.
 const REPLAY_PAGE: i64 = 1000;
-/// A frame that cannot be written within this time marks a slow consumer.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a stream needs, fixed before the upgrade.
 pub struct StreamRequest {
@@ -41,6 +39,8 @@ pub struct StreamRequest {
     /// When the credential stops being valid by itself (links expire).
     pub expires_at: Option<DateTime<Utc>>,
     pub ping_every: Duration,
+    /// A frame that cannot be written within this time marks a stuck client.
+    pub send_timeout: Duration,
 }
 
 /// Why a stream ended.
@@ -97,8 +97,8 @@ pub async fn serve(socket: WebSocket, hub: Hub, req: StreamRequest, shutdown: Sh
     let _ = timeout(Duration::from_secs(1), sink.close()).await;
 }
 
-async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), End> {
-    match timeout(SEND_TIMEOUT, sink.send(Message::Text(frame))).await {
+async fn send(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), End> {
+    match timeout(limit, sink.send(Message::Text(frame))).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::ClientGone),
         Err(_) => Err(End::Slow),
@@ -107,7 +107,13 @@ async fn send(sink: &mut Sink, frame: Utf8Bytes) -> Result<(), End> {
 
 /// Sends every row of the vault above `cursor` from the store, in seq order;
 /// returns the new cursor.
-async fn catch_up(sink: &mut Sink, hub: &Hub, vault_id: &str, mut cursor: i64) -> Result<i64, End> {
+async fn catch_up(
+    sink: &mut Sink,
+    limit: Duration,
+    hub: &Hub,
+    vault_id: &str,
+    mut cursor: i64,
+) -> Result<i64, End> {
     loop {
         let rows = hub
             .store()
@@ -116,7 +122,7 @@ async fn catch_up(sink: &mut Sink, hub: &Hub, vault_id: &str, mut cursor: i64) -
             .map_err(|e| End::Fault(e.to_string()))?;
         let full = rows.len() as i64 == REPLAY_PAGE;
         for row in &rows {
-            send(sink, frames::entry(row)).await?;
+            send(sink, limit, frames::entry(row)).await?;
             cursor = row.seq;
         }
         if !full {
@@ -157,22 +163,27 @@ async fn run(
     let (summary, head_seq) = fresh
         .map(|v| (v.summary, v.head_seq))
         .unwrap_or((vault.summary.clone(), vault.head_seq));
-    send(sink, frames::hello(&vault.id, &summary, head_seq, &epoch)).await?;
+    send(
+        sink,
+        req.send_timeout,
+        frames::hello(&vault.id, &summary, head_seq, &epoch),
+    )
+    .await?;
     if let Ok(p) = presence::frame(hub, &vault.id).await {
-        send(sink, p).await?;
+        send(sink, req.send_timeout, p).await?;
     }
 
     let since = match (&req.epoch, req.since) {
         (Some(e), _) if *e != epoch => {
-            send(sink, frames::reset(&epoch)).await?;
+            send(sink, req.send_timeout, frames::reset(&epoch)).await?;
             Some(0)
         }
         (_, since) => since,
     };
     let mut cursor = match since {
         Some(since) => {
-            let cursor = catch_up(sink, hub, &vault.id, since).await?;
-            send(sink, frames::caught_up(cursor)).await?;
+            let cursor = catch_up(sink, req.send_timeout, hub, &vault.id, since).await?;
+            send(sink, req.send_timeout, frames::caught_up(cursor)).await?;
             cursor
         }
         None => head_seq,
@@ -186,13 +197,13 @@ async fn run(
             event = sub.recv() => match event {
                 Ok(Event::Entry { seq, frame }) => {
                     if seq > cursor {
-                        send(sink, frame).await?;
+                        send(sink, req.send_timeout, frame).await?;
                         cursor = seq;
                     }
                 }
-                Ok(Event::Frame(frame)) => send(sink, frame).await?,
+                Ok(Event::Frame(frame)) => send(sink, req.send_timeout, frame).await?,
                 // Fell off the ring: the store has every row we missed.
-                Err(RecvError::Lagged(_)) => cursor = catch_up(sink, hub, &vault.id, cursor).await?,
+                Err(RecvError::Lagged(_)) => cursor = catch_up(sink, req.send_timeout, hub, &vault.id, cursor).await?,
                 Err(RecvError::Closed) => return Ok(End::Shutdown),
             },
             msg = source.next() => match msg {
@@ -216,7 +227,7 @@ async fn run(
                 if req.expires_at.is_some_and(|t| t <= Utc::now()) {
                     return Ok(End::Revoked);
                 }
-                match timeout(SEND_TIMEOUT, sink.send(Message::Ping(Default::default()))).await {
+                match timeout(req.send_timeout, sink.send(Message::Ping(Default::default()))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Ok(End::ClientGone),
                     Err(_) => return Ok(End::Slow),
