@@ -1,1 +1,432 @@
-//! (filled in below)
+//! What only Postgres can show: concurrency under real transactions,
+//! durability across restarts, the LISTEN connection dying, rolled-back
+//! writes, several replicas on one database, health when the database goes
+//! away, and the `astation` subcommands.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, TestDb};
+
+fn seq(v: &Value) -> i64 {
+    v["seq"].as_i64().expect("seq")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_and_edits_keep_numbers_contiguous_and_seq_ordered() {
+    let app = Arc::new(TestApp::spawn(Backend::Postgres).await);
+    let (_, _, s) = app.work_session("home").await;
+    let mut vaults = Vec::new();
+    for i in 0..3 {
+        let v = app.create_vault(&s, "c", &format!("v{i}")).await;
+        app.write(&v, &s, "c", "seed", None).await;
+        vaults.push(v);
+    }
+    let tasks: Vec<_> = (0..24)
+        .map(|t| {
+            let (app, s, v) = (app.clone(), s.clone(), vaults[t % 3].clone());
+            tokio::spawn(async move {
+                for i in 0..15 {
+                    // Edits target e1 (always there) or the writer's own
+                    // latest append, so they always name a real entry.
+                    let edit = match i % 4 {
+                        1 => Some(1),
+                        _ => None,
+                    };
+                    app.write(&v, &s, &format!("t{t}"), &format!("t{t} i{i}"), edit)
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for v in &vaults {
+        let history = app.read(v, &s, "c", "history=true").await;
+        assert_eq!(history.len(), 1 + 8 * 15, "every write is a row");
+        let seqs: Vec<i64> = history.iter().map(seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "seq strictly increases"
+        );
+        let mut versions: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        let mut pairs = HashSet::new();
+        for row in &history {
+            let (n, ver) = (
+                row["entry_no"].as_i64().unwrap(),
+                row["version"].as_i64().unwrap(),
+            );
+            assert!(pairs.insert((n, ver)), "duplicate (e{n}, v{ver})");
+            versions.entry(n).or_default().push(ver);
+        }
+        let numbers: Vec<i64> = versions.keys().copied().collect();
+        let appends = 1 + 8 * 15 - 8 * 4; // seed + appends; 4 edits per task
+        assert_eq!(
+            numbers,
+            (1..=appends as i64).collect::<Vec<_>>(),
+            "entry numbers are contiguous"
+        );
+        for (n, vs) in versions {
+            // In seq order, versions of an entry count 1, 2, 3, ...
+            assert_eq!(
+                vs,
+                (1..=vs.len() as i64).collect::<Vec<_>>(),
+                "versions of e{n}"
+            );
+        }
+        let current = app.read(v, &s, "c", "").await;
+        assert_eq!(current.len(), appends);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_vaults_and_astations_survive_a_restart() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (astation_id, token, s) = app.work_session("desk").await;
+    let v = app.create_vault(&s, "c", "durable").await;
+    app.write(&v, &s, "c", "kept", None).await;
+    let epoch = app
+        .vault_call(Method::GET, &format!("/api/vault/{v}/info"), &s, "c", None)
+        .await
+        .1["epoch"]
+        .clone();
+    let db = app.db.clone().unwrap();
+    app.stop().await;
+
+    let app = TestApp::spawn_on(db).await;
+    let current = app.read(&v, &s, "c", "").await;
+    assert_eq!(current[0]["content"], "kept");
+    let (_, list) = app
+        .vault_call(Method::GET, "/api/vault", &s, "c", None)
+        .await;
+    assert_eq!(list, json!([{"vault_id": v, "summary": "durable"}]));
+    let (_, astations) = app
+        .call(
+            Method::GET,
+            "/api/admin/astations",
+            Some(&format!("Bearer {ADMIN_TOKEN}")),
+            None,
+        )
+        .await;
+    assert_eq!(astations[0]["astation_id"], astation_id);
+    assert_eq!(
+        app.session(&token).await.len(),
+        s.len(),
+        "the token still mints"
+    );
+    let (_, info) = app
+        .vault_call(Method::GET, &format!("/api/vault/{v}/info"), &s, "c", None)
+        .await;
+    assert_eq!(
+        info["epoch"], epoch,
+        "the epoch belongs to the database, not the process"
+    );
+    let r = app.write(&v, &s, "c", "after restart", None).await;
+    assert_eq!(r["entry_no"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_write_is_never_streamed_and_streamed_rows_are_readable() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut stream = app.open_stream(&v, &s, "w", "").await;
+    stream.next_frame().await;
+
+    // A write that announces itself inside its transaction, then rolls back.
+    let mut conn = app.db.as_ref().unwrap().connect().await;
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+    let phantom: i64 = sqlx::query_scalar("select nextval('vault_seq')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into vault_entries (seq, vault_id, entry_no, version, kind, writer_id, content)
+         values ($1, $2, 1, 1, 'content', 'ghost', 'never committed')",
+    )
+    .bind(phantom)
+    .bind(&v)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("select pg_notify('vault_relay', $1)")
+        .bind(json!({"t": "entry", "v": v, "s": phantom}).to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    let real = app.write(&v, &s, "c", "committed", None).await;
+    let frame = stream.next_of("entry").await;
+    assert_eq!(seq(&frame), seq(&real), "the rolled-back row never arrived");
+    assert_eq!(frame["content"], "committed");
+    // What the stream showed is readable through REST right away.
+    for _ in 0..20 {
+        let r = app.write(&v, &s, "c", "more", None).await;
+        let f = stream.next_of("entry").await;
+        assert_eq!(seq(&f), seq(&r));
+        let history = app
+            .read(&v, &s, "c", &format!("history=true&since={}", seq(&f) - 1))
+            .await;
+        assert_eq!(history.first().map(seq), Some(seq(&f)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_get_every_row_while_the_listen_connection_is_killed() {
+    let app = Arc::new(TestApp::spawn(Backend::Postgres).await);
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut stream = app.open_stream(&v, &s, "w", "since=0").await;
+    let total = 150;
+    let writer = {
+        let (app, s, v) = (app.clone(), s.clone(), v.clone());
+        tokio::spawn(async move {
+            for i in 0..total {
+                app.write(&v, &s, "c", &format!("#{i}"), None).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let killer = {
+        let db = app.db.clone().unwrap();
+        tokio::spawn(async move {
+            let mut conn = db.connect().await;
+            let mut killed = 0;
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let n: i64 = sqlx::query_scalar(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity
+                     where datname = current_database() and query ilike 'listen%'",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                killed += n;
+            }
+            killed
+        })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < total {
+        let f = stream.next_of("entry").await;
+        seen.push(seq(&f));
+    }
+    writer.await.unwrap();
+    assert!(
+        killer.await.unwrap() >= 2,
+        "the LISTEN connection was really killed"
+    );
+    let history = app.read(&v, &s, "c", "history=true").await;
+    assert_eq!(seen, history.iter().map(seq).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_on_one_database_are_one_service() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let b = TestApp::spawn_on(a.db.clone().unwrap()).await;
+    let (_, token, s) = a.work_session("home").await;
+    // A session minted on one replica works on the other.
+    let from_b = b.session(&token).await;
+    let v = b.create_vault(&s, "c", "shared").await;
+    let (_, list) = a
+        .vault_call(Method::GET, "/api/vault", &from_b, "c", None)
+        .await;
+    assert_eq!(list[0]["vault_id"], v);
+
+    let mut on_b = b
+        .open_stream(&v, &s, "watch-b", "since=0&atem_id=b-host")
+        .await;
+    on_b.next_frame().await;
+    let mut on_a = a
+        .open_stream(&v, &s, "watch-a", "since=0&atem_id=a-host")
+        .await;
+    on_a.next_frame().await;
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        written.push(seq(&via.write(&v, &s, "c", &format!("#{i}"), None).await));
+    }
+    let got_b: Vec<i64> = on_b.entries(20).await.iter().map(seq).collect();
+    let got_a: Vec<i64> = on_a.entries(20).await.iter().map(seq).collect();
+    assert_eq!(got_b, written);
+    assert_eq!(got_a, written);
+    // Presence spans replicas.
+    loop {
+        let p = on_b.next_of("presence").await;
+        if p["count"] == 2 {
+            let mut ids: Vec<&str> = p["watchers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["atem_id"].as_str().unwrap())
+                .collect();
+            ids.sort();
+            assert_eq!(ids, vec!["a-host", "b-host"]);
+            break;
+        }
+    }
+    // Revoking through one replica closes the stream on the other.
+    a.call(
+        Method::DELETE,
+        &format!("/api/sessions/{s}"),
+        Some(&format!("session {s}")),
+        None,
+    )
+    .await;
+    assert_eq!(on_b.closed().await, Some(4001));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_503_while_the_database_is_unreachable() {
+    let db = Arc::new(TestDb::create().await);
+    let app = TestApp::spawn_on(db.clone()).await;
+    let (status, body) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(
+        (status, body["backend"].as_str()),
+        (StatusCode::OK, Some("postgres"))
+    );
+    // Take the database away from under the relay: refuse new connections
+    // and end the open ones.
+    let mut admin: sqlx::PgConnection = sqlx::Connection::connect(&crate::helpers::server_url())
+        .await
+        .unwrap();
+    let name = &db.name;
+    sqlx::query(&format!("alter database {name} allow_connections false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let (status, body) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["backend"], "postgres");
+    assert!(body["error"].is_string());
+    // A vault request is a 503 in our shape too, not a 500.
+    let (status, body) = app
+        .vault_call(Method::GET, "/api/vault", "s-x", "c", None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // And it recovers when the database is back.
+    sqlx::query(&format!("alter database {name} allow_connections true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut healthy = false;
+    for _ in 0..50 {
+        if app.call(Method::GET, "/health", None, None).await.0 == StatusCode::OK {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "health recovers");
+}
+
+fn relay_cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vault-relay"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run vault-relay");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_astation_subcommands_manage_astations_in_the_database() {
+    let db = Arc::new(TestDb::create().await);
+    let (ok, out, err) = relay_cli(&db, &["astation", "add", "build box"]);
+    assert!(ok, "{out}{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    let (id, token) = (field("astation_id:"), field("token:"));
+    assert!(
+        !err.contains(&token),
+        "the token is printed once, to stdout only"
+    );
+
+    let app = TestApp::spawn_on(db.clone()).await;
+    let s = app.session(&token).await;
+    let v = app.create_vault(&s, "c", "made with a CLI astation").await;
+
+    let (ok, out, _) = relay_cli(&db, &["astation", "list"]);
+    assert!(
+        ok && out.contains(&id) && out.contains("build box"),
+        "{out}"
+    );
+    assert!(!out.contains(&token));
+    let (ok, out, _) = relay_cli(&db, &["astation", "remove", &id]);
+    assert!(ok, "{out}");
+    let (status, _) = app
+        .vault_call(Method::GET, &format!("/api/vault/{v}"), &s, "c", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "its sessions are revoked");
+    let (ok, _, err) = relay_cli(&db, &["astation", "remove", &id]);
+    assert!(!ok && err.contains("no such astation"), "{err}");
+
+    let no_db = std::process::Command::new(env!("CARGO_BIN_EXE_vault-relay"))
+        .args(["astation", "list"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!no_db.status.success());
+    assert!(String::from_utf8_lossy(&no_db.stderr).contains("DATABASE_URL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_grant_subcommand_grants_a_pairing() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, token) = app.astation("desk").await;
+    let (_, p) = app
+        .call(
+            Method::POST,
+            "/api/sessions",
+            None,
+            Some(json!({"hostname": "h"})),
+        )
+        .await;
+    let (id, otp) = (p["id"].as_str().unwrap(), p["otp"].as_str().unwrap());
+    let args = ["session", "grant", id, otp, "--relay-url", &app.base].map(str::to_string);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vault-relay"))
+            .args(args)
+            .env("ASTATION_TOKEN", &token)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("granted"));
+    let (_, status) = app
+        .call(
+            Method::GET,
+            &format!("/api/sessions/{id}/status"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status["status"], "granted");
+}

@@ -50,13 +50,26 @@ impl Drop for PgStore {
     }
 }
 
+/// SQLSTATE classes and codes that mean "the database cannot be reached or
+/// will not take us right now", as opposed to a fault in a query.
+const UNAVAILABLE_SQLSTATES: [&str; 6] = ["08", "28", "53", "57P", "3D000", "55000"];
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                StoreError::Unavailable(e.to_string())
-            }
-            other => StoreError::Fault(other.to_string()),
+        let unavailable = match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| UNAVAILABLE_SQLSTATES.iter().any(|p| c.starts_with(p))),
+            _ => false,
+        };
+        if unavailable {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Fault(e.to_string())
         }
     }
 }
