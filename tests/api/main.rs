@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod binary;
 mod browser;
 mod errors;
 mod pg_only;

@@ -430,3 +430,69 @@ async fn the_session_grant_subcommand_grants_a_pairing() {
         .await;
     assert_eq!(status["status"], "granted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_entries_and_resumes_after_a_restart_without_duplicates() {
+    use std::io::BufRead;
+
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    app.write(&v, &s, "atem-a", "before watching", None).await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vault-relay"))
+        .args(["watch", &v, "--relay-url", &app.base, "--since", "0"])
+        .env("RELAY_SESSION", &s)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start watch");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let mut wait_for = async |lines: &mut Vec<String>, n: usize| {
+        while lines.len() < n {
+            let line = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+                .await
+                .expect("watch printed in time")
+                .expect("watch is running");
+            lines.push(line);
+        }
+    };
+    app.write(&v, &s, "atem-b", "while watching", None).await;
+    app.write(&v, &s, "atem-b", "before watching, fixed", Some(1))
+        .await;
+    wait_for(&mut lines, 3).await;
+
+    // Restart the relay on the same address and database.
+    let (addr, db) = (app.addr, app.db.clone().unwrap());
+    app.stop().await;
+    let mut config = crate::helpers::test_config(Some(db.url.clone()));
+    config.port = addr.port();
+    let app = TestApp::start(config, Some(db), Backend::Postgres).await;
+    app.write(&v, &s, "atem-a", "after the restart", None).await;
+    wait_for(&mut lines, 4).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        lines,
+        vec![
+            "e1 v1 [atem-a] before watching",
+            "e2 v1 [atem-b] while watching",
+            "e1 v2 [atem-b] before watching, fixed",
+            "e3 v1 [atem-a] after the restart",
+        ]
+    );
+    // Nothing more (no duplicate replay) arrived in the meantime.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err());
+}
