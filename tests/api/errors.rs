@@ -303,7 +303,7 @@ async fn hostile_input_never_yields_a_500(backend: Backend) {
         format!("/api/vault/{v}?id=%00"),
         format!("/api/vault/{v}?id=c&since=99999999999999999999999"),
         format!("/api/vault/{v}?id=c&since=%ff"),
-        format!("/api/vault/%ff%fe?id=c"),
+        "/api/vault/%ff%fe?id=c".to_string(),
         format!("/api/vault/{v}%00?id=c"),
         format!("/api/vault/{}?id=c", "v".repeat(5000)),
         format!("/api/vault/{v}?id={}", "x".repeat(500)),

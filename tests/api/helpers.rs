@@ -11,7 +11,6 @@ use tokio::task::JoinHandle;
 use vault_relay::config::Config;
 use vault_relay::shutdown::Shutdown;
 use vault_relay::startup::Application;
-use vault_relay::store::Store;
 
 /// Which store a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +100,6 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub base: String,
     pub client: reqwest::Client,
-    pub backend: Backend,
-    pub store: Arc<dyn Store>,
     shutdown: Shutdown,
     handle: Option<JoinHandle<std::io::Result<()>>>,
     pub db: Option<Arc<TestDb>>,
@@ -145,11 +142,10 @@ impl TestApp {
     }
 
     /// A relay on a given port and database (restart on the same address).
-    pub async fn start(config: Config, db: Option<Arc<TestDb>>, backend: Backend) -> TestApp {
+    pub async fn start(config: Config, db: Option<Arc<TestDb>>, _backend: Backend) -> TestApp {
         let app = Application::build(config).await.expect("build the relay");
         let addr = app.local_addr().expect("bound address");
         let shutdown = app.shutdown_handle();
-        let store = app.store();
         let handle = tokio::spawn(app.run_until_stopped());
         TestApp {
             addr,
@@ -158,8 +154,6 @@ impl TestApp {
                 .timeout(Duration::from_secs(20))
                 .build()
                 .expect("http client"),
-            backend,
-            store,
             shutdown,
             handle: Some(handle),
             db,
