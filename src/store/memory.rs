@@ -429,6 +429,21 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn forget_replica(&self, replica_id: &str) -> StoreResult<()> {
+        let mut vaults: Vec<String> = Vec::new();
+        self.lock().watchers.retain(|w| {
+            let gone = w.replica_id == replica_id;
+            if gone && !vaults.contains(&w.vault_id) {
+                vaults.push(w.vault_id.clone());
+            }
+            !gone
+        });
+        for vault_id in vaults {
+            self.announce(Notice::Presence { vault_id });
+        }
+        Ok(())
+    }
+
     async fn insert_link(&self, link: &ReadLink) -> StoreResult<()> {
         self.lock().links.insert(link.link_id.clone(), link.clone());
         Ok(())

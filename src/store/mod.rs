@@ -323,6 +323,9 @@ pub trait Store: Send + Sync + 'static {
         replica_id: &str,
         stale_after: std::time::Duration,
     ) -> StoreResult<()>;
+    /// Forgets a replica that is shutting down, with all its watchers, and
+    /// announces the vaults whose presence changed.
+    async fn forget_replica(&self, replica_id: &str) -> StoreResult<()>;
 
     // Read-only links.
     async fn insert_link(&self, link: &ReadLink) -> StoreResult<()>;

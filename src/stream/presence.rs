@@ -61,7 +61,14 @@ pub async fn run(hub: Hub, mut dirty_rx: mpsc::UnboundedReceiver<String>, shutdo
                     tracing::warn!(error = %e, "presence heartbeat failed");
                 }
             }
-            _ = shutdown.wait() => return,
+            _ = shutdown.wait() => {
+                // Tell the other replicas our watchers are gone now rather
+                // than when our heartbeat goes stale.
+                if let Err(e) = hub.store().forget_replica(hub.replica_id()).await {
+                    tracing::warn!(error = %e, "could not withdraw this replica's watchers");
+                }
+                return;
+            }
         }
     }
 }

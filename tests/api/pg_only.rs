@@ -256,21 +256,19 @@ async fn two_relays_on_one_database_are_one_service() {
     let got_a: Vec<i64> = on_a.entries(20).await.iter().map(seq).collect();
     assert_eq!(got_b, written);
     assert_eq!(got_a, written);
-    // Presence spans replicas.
-    loop {
-        let p = on_b.next_of("presence").await;
-        if p["count"] == 2 {
-            let mut ids: Vec<&str> = p["watchers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|w| w["atem_id"].as_str().unwrap())
-                .collect();
-            ids.sort();
-            assert_eq!(ids, vec!["a-host", "b-host"]);
-            break;
-        }
-    }
+    // Presence spans replicas: a newcomer on B is told of the watcher on A.
+    let mut newcomer = b.open_stream(&v, &s, "watch-c", "atem_id=c-host").await;
+    newcomer.next_frame().await;
+    let p = newcomer.next_of("presence").await;
+    assert_eq!(p["count"], 3, "{p}");
+    let mut ids: Vec<&str> = p["watchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["atem_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a-host", "b-host", "c-host"]);
     // Revoking through one replica closes the stream on the other.
     a.call(
         Method::DELETE,

@@ -670,6 +670,26 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn forget_replica(&self, replica_id: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let vaults: Vec<String> = sqlx::query_scalar(
+            "delete from stream_watchers where replica_id = $1 returning vault_id",
+        )
+        .bind(replica_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("delete from relay_replicas where replica_id = $1")
+            .bind(replica_id)
+            .execute(&mut *tx)
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        for vault_id in vaults.into_iter().filter(|v| seen.insert(v.clone())) {
+            Self::notify(&mut tx, json!({"t": "presence", "v": vault_id})).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn insert_link(&self, l: &ReadLink) -> StoreResult<()> {
         sqlx::query(
             "insert into read_links (link_id, secret_hash, vault_id, created_by, created_at, expires_at, revoked)
