@@ -20,7 +20,7 @@ async fn the_binary_serves_memory_by_default_and_stops_cleanly_on_sigterm() {
         .env_remove("RELAY_ADMIN_TOKEN")
         .env("PORT", port.to_string())
         .env("BIND_ADDR", "127.0.0.1")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,6 +52,32 @@ async fn the_binary_serves_memory_by_default_and_stops_cleanly_on_sigterm() {
         .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(page.text().await.unwrap().contains("<html"));
+
+    // Pair and mint sessions while the relay logs at debug level; none of
+    // the secrets may reach the log.
+    let base = format!("http://127.0.0.1:{port}");
+    let pending: serde_json::Value = client
+        .post(format!("{base}/api/sessions"))
+        .json(&serde_json::json!({"hostname": "h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secrets_seen = [
+        pending["id"].as_str().unwrap().to_string(),
+        pending["otp"].as_str().unwrap().to_string(),
+    ];
+    let status = client
+        .get(format!(
+            "{base}/api/sessions/{}/status?id=c",
+            secrets_seen[0]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
