@@ -1,0 +1,1086 @@
+//! The stream benchmark: drives a running relay over real sockets, the way
+//! clients do, and prints one line per figure with its target.
+//!
+//! 1. Commit-to-delivery latency with many subscribers on one vault while a
+//!    writer appends at a steady rate, and the frames delivered per second.
+//! 2. Resident memory per idle subscriber, read from the relay's
+//!    `/proc/<pid>/status` (the relay runs as a child process so the
+//!    benchmark's own sockets are not counted).
+//! 3. Replay rate of a subscriber resuming far behind (`since=0`).
+//!
+//! Run with `cargo bench --bench stream` (or `scripts/bench`, which raises
+//! the open-file limit first); `-- --quick` runs reduced sizes as a smoke
+//! test, `-- --child` runs every figure against the release binary instead
+//! of an in-process relay. `BENCH_DATABASE_URL` selects the Postgres store.
+//! Missed targets are reported, never fatal: the exit code is non-zero only
+//! when something fails.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use vault_relay::config::Config;
+use vault_relay::shutdown::Shutdown;
+use vault_relay::startup::Application;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T> = std::result::Result<T, BoxError>;
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The relay binary `cargo bench` builds next to this benchmark.
+const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vault-relay");
+/// Admin token of every relay this benchmark starts.
+const ADMIN_TOKEN: &str = "adm-bench-stream";
+/// Streams being opened at once.
+const CONNECT_CONCURRENCY: usize = 64;
+/// Appends in flight while filling the replay vault.
+const FILL_CONCURRENCY: usize = 32;
+/// Size of each entry's text, in bytes.
+const ENTRY_BYTES: usize = 200;
+/// File descriptors kept free for everything but the streams.
+const SPARE_FDS: u64 = 256;
+
+/// Sizes of one run.
+struct Plan {
+    fan_out_subscribers: usize,
+    appends_per_sec: u32,
+    fan_out_secs: u64,
+    idle_subscribers: usize,
+    replay_rows: u64,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Plan {
+            fan_out_subscribers: 1_000,
+            appends_per_sec: 200,
+            fan_out_secs: 10,
+            idle_subscribers: 10_000,
+            replay_rows: 100_000,
+        }
+    }
+
+    fn quick() -> Self {
+        Plan {
+            fan_out_subscribers: 200,
+            appends_per_sec: 200,
+            fan_out_secs: 3,
+            idle_subscribers: 1_000,
+            replay_rows: 10_000,
+        }
+    }
+}
+
+struct Options {
+    quick: bool,
+    child_for_all: bool,
+}
+
+fn parse_args() -> std::result::Result<Options, String> {
+    let mut opts = Options {
+        quick: false,
+        child_for_all: false,
+    };
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--child" => opts.child_for_all = true,
+            // `cargo bench` passes this to every benchmark.
+            "--bench" => {}
+            "--help" | "-h" => {
+                return Err(
+                    "usage: cargo bench --bench stream [-- --quick] [-- --child]\n  \
+                     --quick  reduced sizes, a smoke test\n  \
+                     --child  run every figure against the release binary\n  \
+                     BENCH_DATABASE_URL=postgres://...  bench the Postgres store"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(opts: Options) -> Result<()> {
+    let mut plan = if opts.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let database_url = std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+
+    println!("vault-relay stream benchmark");
+    println!("command: {}", command_line(&opts, database_url.is_some()));
+    println!(
+        "store: {}",
+        if database_url.is_some() {
+            "postgres (BENCH_DATABASE_URL)"
+        } else {
+            "memory (set BENCH_DATABASE_URL to bench Postgres)"
+        }
+    );
+    println!(
+        "relay: {} for figures 1 and 3; {} as a child process for figure 2",
+        if opts.child_for_all {
+            "the release binary as a child process"
+        } else {
+            "in-process (Application::build, own runtime)"
+        },
+        RELAY_BIN
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let fds = raise_fd_limit(plan.idle_subscribers as u64 + SPARE_FDS);
+    println!(
+        "machine: {cpus} CPUs; open-file limit {}; entries of {ENTRY_BYTES} bytes{}",
+        fds.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+        if opts.quick {
+            "; QUICK mode: reduced sizes, figures are not measured at the targets' conditions"
+        } else {
+            ""
+        }
+    );
+    if let Some(limit) = fds {
+        let room = limit.saturating_sub(SPARE_FDS) as usize;
+        if room < plan.idle_subscribers {
+            println!(
+                "note: the open-file limit ({limit}) allows only {room} idle streams, not {}; \
+                 run scripts/bench (or `ulimit -n 65536` first) for the full figure",
+                plan.idle_subscribers
+            );
+            plan.idle_subscribers = room.max(1);
+        }
+    }
+    println!();
+
+    let text = entry_text();
+    let relay = if opts.child_for_all {
+        Relay::child(database_url.clone()).await?
+    } else {
+        Relay::in_process(database_url.clone())?
+    };
+    let api = Arc::new(Api::setup(relay.addr).await?);
+
+    let child_pid = match relay.process {
+        RelayProcess::Child(_) => Some(relay.pid()),
+        RelayProcess::InProcess { .. } => None,
+    };
+    fan_out(&api, child_pid, &plan, &text).await?;
+    println!();
+
+    {
+        let idle_relay = Relay::child(database_url.clone()).await?;
+        let idle_api = Api::setup(idle_relay.addr).await?;
+        let outcome = idle(&idle_relay, &idle_api, plan.idle_subscribers).await;
+        idle_relay.stop();
+        outcome?;
+    }
+    println!();
+
+    replay(&api, plan.replay_rows, &text).await?;
+    relay.stop();
+    Ok(())
+}
+
+/// The command as the user would type it again.
+fn command_line(opts: &Options, postgres: bool) -> String {
+    let env = if postgres {
+        "BENCH_DATABASE_URL=... "
+    } else {
+        ""
+    };
+    if let Ok(cmd) = std::env::var("BENCH_COMMAND") {
+        return format!("{env}{cmd}");
+    }
+    let mut args = Vec::new();
+    if opts.quick {
+        args.push("--quick");
+    }
+    if opts.child_for_all {
+        args.push("--child");
+    }
+    if args.is_empty() {
+        format!("{env}cargo bench --bench stream")
+    } else {
+        format!("{env}cargo bench --bench stream -- {}", args.join(" "))
+    }
+}
+
+fn entry_text() -> String {
+    let line = "bench entry: a note one agent leaves for the others on this vault. ";
+    line.repeat(ENTRY_BYTES / line.len() + 1)[..ENTRY_BYTES].to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Figure 1: commit-to-delivery latency at fan-out.
+
+/// What one fan-out subscriber saw.
+struct Received {
+    /// (seq, nanoseconds since the bench's time base) per entry frame.
+    entries: Vec<(i64, u64)>,
+    /// Why the relay ended the stream early, if it did.
+    ended: Option<String>,
+}
+
+async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str) -> Result<()> {
+    let subs = plan.fan_out_subscribers;
+    let rate = plan.appends_per_sec;
+    let secs = plan.fan_out_secs;
+    let total = u64::from(rate) * secs;
+    println!(
+        "[1] fan-out: {subs} subscribers on one vault, {rate} appends/s for {secs} s \
+         ({total} appends)"
+    );
+    let vault = api.create_vault().await?;
+    let base = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<std::result::Result<(), String>>(subs);
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut readers = Vec::with_capacity(subs);
+    let capacity = (total as usize) + 64;
+    for i in 0..subs {
+        let api = api.clone();
+        let vault = vault.clone();
+        let delivered = delivered.clone();
+        let mut stop = stop_rx.clone();
+        let ready = ready_tx.clone();
+        let permits = permits.clone();
+        readers.push(tokio::spawn(async move {
+            let mut received = Received {
+                entries: Vec::with_capacity(capacity),
+                ended: None,
+            };
+            let opened = async {
+                let _permit = permits.acquire().await?;
+                let mut ws = api
+                    .connect(&vault, &format!("fan-{i}"), None, 16 * 1024)
+                    .await?;
+                expect_hello(&mut ws).await?;
+                Ok::<_, BoxError>(ws)
+            }
+            .await;
+            let mut ws = match opened {
+                Ok(ws) => {
+                    let _ = ready.send(Ok(())).await;
+                    ws
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string())).await;
+                    return received;
+                }
+            };
+            drop(ready);
+            loop {
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let at = nanos_since(base);
+                        if let Ok(frame) = serde_json::from_str::<Frame>(&t) {
+                            if frame.kind == "entry" {
+                                if let Some(seq) = frame.seq {
+                                    received.entries.push((seq, at));
+                                    delivered.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(c))) => {
+                        received.ended = Some(format!("closed by the relay: {c:?}"));
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        received.ended = Some(format!("socket error: {e}"));
+                        break;
+                    }
+                    None => {
+                        received.ended = Some("socket closed".into());
+                        break;
+                    }
+                }
+            }
+            let _ = ws.close(None).await;
+            received
+        }));
+    }
+    drop(ready_tx);
+    let connect_started = Instant::now();
+    for _ in 0..subs {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("opening a fan-out stream failed: {e}").into()),
+            None => return Err("the fan-out subscribers stopped before connecting".into()),
+        }
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+
+    // Warm-up rows (not measured) and time for the join presence to settle.
+    const WARM_UP: u64 = 10;
+    for _ in 0..WARM_UP {
+        api.append(&vault, text).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let sends = Arc::new(Mutex::new(Vec::<(i64, u64, u64)>::with_capacity(
+        total as usize,
+    )));
+    let in_flight = Arc::new(Semaphore::new(64));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let mut writes = Vec::with_capacity(total as usize);
+    let writing = Instant::now();
+    let cpu_before = cpu_split(relay_pid);
+    for _ in 0..total {
+        tick.tick().await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let api = api.clone();
+        let vault = vault.clone();
+        let text = text.to_string();
+        let sends = sends.clone();
+        writes.push(tokio::spawn(async move {
+            let sent = nanos_since(base);
+            let seq = api.append(&vault, &text).await?;
+            let answered = nanos_since(base);
+            drop(permit);
+            lock(&sends).push((seq, sent, answered - sent));
+            Ok::<_, BoxError>(())
+        }));
+    }
+    for w in writes {
+        w.await??;
+    }
+    let write_secs = writing.elapsed().as_secs_f64();
+    let cpu_after = cpu_split(relay_pid);
+
+    // Wait for every delivery, or give up after a while: late or missing
+    // deliveries are part of the figure.
+    let expected = (total + WARM_UP) * subs as u64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut results = Vec::with_capacity(subs);
+    for r in readers {
+        results.push(r.await?);
+    }
+
+    let sends = std::mem::take(&mut *lock(&sends));
+    let sent_at: HashMap<i64, u64> = sends.iter().map(|&(seq, t, _)| (seq, t)).collect();
+    let first_sent = sends.iter().map(|&(_, t, _)| t).min().unwrap_or(0);
+    let mut latencies = Vec::with_capacity(total as usize * subs);
+    let mut last_received = first_sent;
+    let mut ended = Vec::new();
+    for r in &results {
+        for &(seq, at) in &r.entries {
+            if let Some(&t) = sent_at.get(&seq) {
+                latencies.push(at.saturating_sub(t));
+                last_received = last_received.max(at);
+            }
+        }
+        if let Some(why) = &r.ended {
+            ended.push(why.clone());
+        }
+    }
+    let mut rtts: Vec<u64> = sends.iter().map(|&(_, _, rtt)| rtt).collect();
+    latencies.sort_unstable();
+    rtts.sort_unstable();
+
+    let pairs = total * subs as u64;
+    let got = latencies.len() as u64;
+    println!(
+        "streams opened in {connect_secs:.2} s; appends sent in {write_secs:.2} s \
+         (append round trip p50 = {}, p99 = {})",
+        ms(percentile(&rtts, 50.0)),
+        ms(percentile(&rtts, 99.0)),
+    );
+    println!(
+        "latency p50 = {}, p99 = {} (target p99 < 20 ms) [send of the append -> entry frame \
+         at each subscriber; p99.9 = {}, max = {}; {} of {} (subscriber, row) pairs delivered]",
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(percentile(&latencies, 99.9)),
+        ms(latencies.last().copied().unwrap_or(0)),
+        thousands(got),
+        thousands(pairs),
+    );
+    let window = last_received.saturating_sub(first_sent) as f64 / 1e9;
+    let rate_delivered = if window > 0.0 {
+        got as f64 / window
+    } else {
+        0.0
+    };
+    println!(
+        "fan-out throughput = {} frames/s delivered at {subs} subscribers (offered {} frames/s)",
+        thousands(rate_delivered.round() as u64),
+        thousands(u64::from(rate) * subs as u64),
+    );
+    if let (Some((r0, c0)), Some((r1, c1))) = (cpu_before, cpu_after) {
+        println!(
+            "CPU while appending: relay {:.2} cores, bench clients {:.2} cores (machine has {})",
+            (r1 - r0) / write_secs,
+            (c1 - c0) / write_secs,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+    }
+    if !ended.is_empty() {
+        println!(
+            "note: the relay ended {} of {subs} streams early (first: {})",
+            ended.len(),
+            ended[0]
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Figure 2: resident memory per idle subscriber.
+
+async fn idle(relay: &Relay, api: &Api, n: usize) -> Result<()> {
+    let pid = relay.pid();
+    println!("[2] idle: {n} subscribers on one vault; relay is a child process (pid {pid})");
+    let vault = api.create_vault().await?;
+
+    // Open and close a few streams first so one-time allocations (the
+    // vault's channel, thread caches) are not charged to the subscribers.
+    for i in 0..16 {
+        let mut ws = api
+            .connect(&vault, &format!("warm-{i}"), None, 4 * 1024)
+            .await?;
+        expect_hello(&mut ws).await?;
+        let _ = ws.close(None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = relay.rss_kib()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<std::result::Result<(), String>>(n);
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let closed_early = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let api = api.clone();
+        let vault = vault.clone();
+        let mut stop = stop_rx.clone();
+        let ready = ready_tx.clone();
+        let permits = permits.clone();
+        let closed_early = closed_early.clone();
+        readers.push(tokio::spawn(async move {
+            let opened = async {
+                let _permit = permits.acquire().await?;
+                let mut ws = api
+                    .connect(&vault, &format!("idle-{i}"), None, 4 * 1024)
+                    .await?;
+                expect_hello(&mut ws).await?;
+                Ok::<_, BoxError>(ws)
+            }
+            .await;
+            let mut ws = match opened {
+                Ok(ws) => {
+                    let _ = ready.send(Ok(())).await;
+                    ws
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            drop(ready);
+            // Keep reading so pings are answered and presence frames drain.
+            loop {
+                tokio::select! {
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                            closed_early.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        Some(Ok(_)) => {}
+                    },
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+            let _ = ws.close(None).await;
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("opening an idle stream failed: {e}").into()),
+            None => return Err("the idle subscribers stopped before connecting".into()),
+        }
+    }
+    let open_secs = started.elapsed().as_secs_f64();
+    // Let the join presence frames go out and the relay settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let with = relay.rss_kib()?;
+    let early = closed_early.load(Ordering::Relaxed);
+
+    let _ = stop_tx.send(true);
+    for r in readers {
+        r.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = relay.rss_kib()?;
+
+    let per_sub = (with.saturating_sub(before) * 1024) as f64 / n as f64;
+    println!(
+        "opened {n} streams in {open_secs:.2} s; relay RSS (VmRSS) before = {}, \
+         with {n} subscribers = {}, after closing them = {}",
+        mib(before),
+        mib(with),
+        mib(after),
+    );
+    println!(
+        "memory per idle subscriber = {:.1} KB ({} bytes) (target < 20 KB)",
+        per_sub / 1000.0,
+        thousands(per_sub.round() as u64),
+    );
+    if early > 0 {
+        println!("note: the relay closed {early} idle streams before the measurement ended");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Figure 3: replay rate for a subscriber far behind.
+
+async fn replay(api: &Arc<Api>, rows: u64, text: &str) -> Result<()> {
+    println!("[3] replay: a subscriber resuming {rows} rows behind (since=0)");
+    let vault = api.create_vault().await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let head = Arc::new(AtomicU64::new(0));
+    let filling = Instant::now();
+    let mut workers = Vec::with_capacity(FILL_CONCURRENCY);
+    for _ in 0..FILL_CONCURRENCY {
+        let api = api.clone();
+        let vault = vault.clone();
+        let text = text.to_string();
+        let next = next.clone();
+        let head = head.clone();
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < rows {
+                let seq = api.append(&vault, &text).await?;
+                head.fetch_max(seq as u64, Ordering::Relaxed);
+            }
+            Ok::<_, BoxError>(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let fill_secs = filling.elapsed().as_secs_f64();
+    let head = head.load(Ordering::Relaxed) as i64;
+
+    let started = Instant::now();
+    let mut ws = api.connect(&vault, "replay", Some(0), 64 * 1024).await?;
+    let mut entries = 0u64;
+    let mut last_seq = 0i64;
+    let caught_up = loop {
+        let t = next_text(&mut ws).await?;
+        let frame: Frame = serde_json::from_str(&t)?;
+        match frame.kind {
+            "entry" => {
+                let seq = frame.seq.ok_or("an entry frame without seq")?;
+                if seq <= last_seq {
+                    return Err(format!("replay out of order: seq {seq} after {last_seq}").into());
+                }
+                last_seq = seq;
+                entries += 1;
+            }
+            "caught_up" => break frame.seq.ok_or("a caught_up frame without seq")?,
+            _ => {}
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let _ = ws.close(None).await;
+    if entries != rows || caught_up != head {
+        return Err(format!(
+            "replay returned {entries} rows up to seq {caught_up}; expected {rows} up to {head}"
+        )
+        .into());
+    }
+    println!(
+        "filled the vault in {fill_secs:.2} s ({} appends/s over HTTP, {FILL_CONCURRENCY} in flight)",
+        thousands((rows as f64 / fill_secs).round() as u64),
+    );
+    println!(
+        "replay rate = {} rows/s ({} rows in {secs:.3} s, connect to caught_up) \
+         (target > 50,000 rows/s)",
+        thousands((rows as f64 / secs).round() as u64),
+        thousands(rows),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The relay under test.
+
+enum RelayProcess {
+    InProcess {
+        shutdown: Shutdown,
+        thread: std::thread::JoinHandle<()>,
+    },
+    Child(Child),
+}
+
+struct Relay {
+    addr: SocketAddr,
+    process: RelayProcess,
+}
+
+impl Relay {
+    /// The relay in this process, on a runtime of its own so its scheduling
+    /// stays apart from the clients'.
+    fn in_process(database_url: Option<String>) -> Result<Relay> {
+        let mut config = Config::for_tests();
+        config.admin_token = Some(ADMIN_TOKEN.to_string());
+        config.database_url = database_url;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("relay")
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let app = match Application::build(config).await {
+                        Ok(app) => app,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let ready = app
+                        .local_addr()
+                        .map(|addr| (addr, app.shutdown_handle()))
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(ready);
+                    if let Err(e) = app.run_until_stopped().await {
+                        eprintln!("error: the in-process relay stopped: {e}");
+                    }
+                });
+            })?;
+        let (addr, shutdown) = rx
+            .recv()
+            .map_err(|_| "the in-process relay did not start")?
+            .map_err(|e| format!("the in-process relay did not start: {e}"))?;
+        Ok(Relay {
+            addr,
+            process: RelayProcess::InProcess { shutdown, thread },
+        })
+    }
+
+    /// The release binary as a child process.
+    async fn child(database_url: Option<String>) -> Result<Relay> {
+        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new(RELAY_BIN);
+        cmd.env("PORT", port.to_string())
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("RELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        match database_url {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            None => cmd.env_remove("DATABASE_URL"),
+        };
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {RELAY_BIN}: {e}"))?;
+        let mut relay = Relay {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            process: RelayProcess::Child(child),
+        };
+        let health = format!("http://{}/health", relay.addr);
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let RelayProcess::Child(c) = &mut relay.process {
+                if let Some(status) = c.try_wait()? {
+                    return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
+                }
+            }
+            if let Ok(r) = http.get(&health).send().await {
+                if r.status().is_success() {
+                    return Ok(relay);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{RELAY_BIN} did not answer {health} within 60 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match &self.process {
+            RelayProcess::InProcess { .. } => std::process::id(),
+            RelayProcess::Child(c) => c.id(),
+        }
+    }
+
+    /// The relay's resident set, in KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status").into())
+    }
+
+    /// Stops the relay: the shutdown signal in process, SIGTERM for a child
+    /// (SIGKILL if it is still running 10 s later).
+    fn stop(self) {
+        match self.process {
+            RelayProcess::InProcess { shutdown, thread } => {
+                shutdown.trigger();
+                let _ = thread.join();
+            }
+            RelayProcess::Child(mut child) => {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client side: the public API, as a client uses it.
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    seq: Option<i64>,
+}
+
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    addr: SocketAddr,
+    session: String,
+}
+
+impl Api {
+    /// Registers an astation, mints a granted session with its token.
+    async fn setup(addr: SocketAddr) -> Result<Api> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(128)
+            .build()?;
+        let base = format!("http://{addr}");
+        let astation = send_json(
+            http.post(format!("{base}/api/admin/astations"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({ "name": "bench" })),
+        )
+        .await?;
+        let token = field_str(&astation, "token")?;
+        let session = send_json(
+            http.post(format!("{base}/api/sessions"))
+                .bearer_auth(&token)
+                .json(&json!({ "hostname": "bench" })),
+        )
+        .await?;
+        if session["status"] != "granted" {
+            return Err(format!("the bench session was not granted: {session}").into());
+        }
+        let session = field_str(&session, "id")?;
+        Ok(Api {
+            http,
+            base,
+            addr,
+            session,
+        })
+    }
+
+    fn auth(&self) -> String {
+        format!("session {}", self.session)
+    }
+
+    async fn create_vault(&self) -> Result<String> {
+        let v = send_json(
+            self.http
+                .post(format!("{}/api/vault?id=bench-writer", self.base))
+                .header("Authorization", self.auth())
+                .json(&json!({ "summary": "stream benchmark" })),
+        )
+        .await?;
+        field_str(&v, "vault_id")
+    }
+
+    /// Appends one entry; returns its seq.
+    async fn append(&self, vault: &str, text: &str) -> Result<i64> {
+        let r = send_json(
+            self.http
+                .post(format!("{}/api/vault/{vault}?id=bench-writer", self.base))
+                .header("Authorization", self.auth())
+                .json(&json!({ "text": text })),
+        )
+        .await?;
+        r["seq"]
+            .as_i64()
+            .ok_or_else(|| format!("an append answered without seq: {r}").into())
+    }
+
+    /// Opens a vault's stream with a small client read buffer (idle
+    /// subscribers would otherwise each hold the 128 KiB default).
+    async fn connect(
+        &self,
+        vault: &str,
+        client_id: &str,
+        since: Option<i64>,
+        read_buffer: usize,
+    ) -> Result<Ws> {
+        let mut url = format!("ws://{}/api/vault/{vault}/stream?id={client_id}", self.addr);
+        if let Some(since) = since {
+            url.push_str(&format!("&since={since}"));
+        }
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("Authorization", HeaderValue::from_str(&self.auth())?);
+        let config = WebSocketConfig::default().read_buffer_size(read_buffer);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+        Ok(ws)
+    }
+}
+
+async fn send_json(request: reqwest::RequestBuilder) -> Result<Value> {
+    let response = request.send().await?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        return Err(format!("the relay answered {status}: {body}").into());
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn field_str(v: &Value, field: &str) -> Result<String> {
+    v[field]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no `{field}` in {v}").into())
+}
+
+/// The next text frame; a close or a dropped socket is an error.
+async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t),
+            Some(Ok(Message::Close(c))) => {
+                return Err(format!("the relay closed the stream: {c:?}").into());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("the stream ended".into()),
+        }
+    }
+}
+
+async fn expect_hello(ws: &mut Ws) -> Result<()> {
+    let t = next_text(ws).await?;
+    let frame: Frame = serde_json::from_str(&t)?;
+    if frame.kind != "hello" {
+        return Err(format!("the first frame was not hello: {t}").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn nanos_since(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(nanos: u64) -> String {
+    let ms = nanos as f64 / 1e6;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// CPU seconds used so far by the relay and by the bench's clients: the
+/// relay's threads are named `relay` when it runs in process, otherwise it
+/// is the child `relay_pid`. `None` where /proc is not available.
+fn cpu_split(relay_pid: Option<u32>) -> Option<(f64, f64)> {
+    match relay_pid {
+        Some(pid) => Some((
+            cpu_secs(&format!("/proc/{pid}/stat"))?,
+            cpu_secs("/proc/self/stat")?,
+        )),
+        None => {
+            let (mut relay, mut clients) = (0.0, 0.0);
+            for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+                let path = task.path();
+                let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                let Some(secs) = cpu_secs(&path.join("stat").to_string_lossy()) else {
+                    continue;
+                };
+                if name.trim_end() == "relay" {
+                    relay += secs;
+                } else {
+                    clients += secs;
+                }
+            }
+            Some((relay, clients))
+        }
+    }
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds (100 ticks/s).
+fn cpu_secs(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name, which is in parentheses: state is
+    // field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// Raises the soft open-file limit towards `want` (never above the hard
+/// limit); returns the limit now in force. The relay child inherits it.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn raise_fd_limit(want: u64) -> Option<u64> {
+    #[repr(C)]
+    struct RLimit {
+        soft: u64,
+        hard: u64,
+    }
+    const RLIMIT_NOFILE: i32 = 7;
+    unsafe extern "C" {
+        fn getrlimit(resource: i32, limit: *mut RLimit) -> i32;
+        fn setrlimit(resource: i32, limit: *const RLimit) -> i32;
+    }
+    let mut limit = RLimit { soft: 0, hard: 0 };
+    // SAFETY: plain libc calls on a struct laid out as `struct rlimit`.
+    if unsafe { getrlimit(RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.soft < want {
+        let raised = RLimit {
+            soft: want.min(limit.hard),
+            hard: limit.hard,
+        };
+        // SAFETY: as above.
+        if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
+            limit.soft = raised.soft;
+        }
+    }
+    Some(limit.soft)
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+fn raise_fd_limit(_want: u64) -> Option<u64> {
+    None
+}
