@@ -561,7 +561,7 @@ async fn page_reconnects_after_a_restart_without_gaps_or_duplicates() {
 
     let mut config = test_config(Some(db.url.clone()));
     config.port = port;
-    let app = TestApp::start(config, Some(db), Backend::Postgres).await;
+    let app = TestApp::start(config, Some(db)).await;
     // Written while the page is still reconnecting (it backs off).
     app.write(&vault, &session, "atem-b", "during the restart", None)
         .await;

@@ -132,17 +132,17 @@ impl TestApp {
         };
         let mut config = test_config(db.as_ref().map(|d| d.url.clone()));
         adjust(&mut config);
-        Self::start(config, db, backend).await
+        Self::start(config, db).await
     }
 
     /// Another relay on the same database (a replica, or a restart).
     pub async fn spawn_on(db: Arc<TestDb>) -> TestApp {
         let config = test_config(Some(db.url.clone()));
-        Self::start(config, Some(db), Backend::Postgres).await
+        Self::start(config, Some(db)).await
     }
 
     /// A relay on a given port and database (restart on the same address).
-    pub async fn start(config: Config, db: Option<Arc<TestDb>>, _backend: Backend) -> TestApp {
+    pub async fn start(config: Config, db: Option<Arc<TestDb>>) -> TestApp {
         let app = Application::build(config).await.expect("build the relay");
         let addr = app.local_addr().expect("bound address");
         let shutdown = app.shutdown_handle();

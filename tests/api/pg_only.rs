@@ -476,7 +476,7 @@ async fn watch_prints_entries_and_resumes_after_a_restart_without_duplicates() {
     app.stop().await;
     let mut config = crate::helpers::test_config(Some(db.url.clone()));
     config.port = addr.port();
-    let app = TestApp::start(config, Some(db), Backend::Postgres).await;
+    let app = TestApp::start(config, Some(db)).await;
     app.write(&v, &s, "atem-a", "after the restart", None).await;
     wait_for(&mut lines, 4).await;
     let _ = child.kill();
