@@ -208,27 +208,11 @@ async fn size_limits_answer_413_and_accept_the_limit_itself(backend: Backend) {
 
     // Multi-byte characters count in bytes.
     let over = "é".repeat(limit / 2 + 1);
-    let (status, err) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}"),
-            &s,
-            "c",
-            Some(json!({ "text": over })),
-        )
-        .await;
+    let (status, err) = app.try_write(&v, &s, "c", json!({ "text": over })).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(error_text(&err).contains("262144"), "{err}");
 
-    let (status, err) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}/summary"),
-            &s,
-            "c",
-            Some(json!({ "text": "s".repeat(limit + 1) })),
-        )
-        .await;
+    let (status, err) = app.set_summary(&v, &s, "c", &"s".repeat(limit + 1)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
 
     let huge = format!("{{\"text\": \"{}\"}}", "b".repeat(1024 * 1024 + 10));

@@ -484,3 +484,53 @@ impl StreamClient {
         let _ = self.socket.close(None).await;
     }
 }
+
+impl TestApp {
+    /// POSTs a write body as is; returns status and body, for refusals.
+    pub async fn try_write(
+        &self,
+        vault: &str,
+        session: &str,
+        client: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        self.vault_call(
+            Method::POST,
+            &format!("/api/vault/{vault}"),
+            session,
+            client,
+            Some(body),
+        )
+        .await
+    }
+
+    /// Sets a vault's summary.
+    pub async fn set_summary(
+        &self,
+        vault: &str,
+        session: &str,
+        client: &str,
+        text: &str,
+    ) -> (StatusCode, Value) {
+        self.vault_call(
+            Method::POST,
+            &format!("/api/vault/{vault}/summary"),
+            session,
+            client,
+            Some(json!({ "text": text })),
+        )
+        .await
+    }
+
+    /// Asks for a stream ticket.
+    pub async fn ticket(&self, vault: &str, session: &str, client: &str) -> (StatusCode, Value) {
+        self.vault_call(
+            Method::POST,
+            &format!("/api/vault/{vault}/stream-ticket"),
+            session,
+            client,
+            None,
+        )
+        .await
+    }
+}

@@ -232,14 +232,7 @@ async fn summary_changes_are_pushed(backend: Backend) {
     let v = app.create_vault(&s, "c", "before").await;
     let mut stream = app.open_stream(&v, &s, "w", "").await;
     assert_eq!(stream.next_frame().await["summary"], "before");
-    app.vault_call(
-        Method::POST,
-        &format!("/api/vault/{v}/summary"),
-        &s,
-        "c",
-        Some(json!({"text": "after"})),
-    )
-    .await;
+    app.set_summary(&v, &s, "c", "after").await;
     assert_eq!(
         stream.next_of("summary").await,
         json!({"type": "summary", "summary": "after"})
@@ -401,15 +394,7 @@ async fn a_ticket_opens_one_stream_once(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
-    let (status, body) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}/stream-ticket"),
-            &s,
-            "browser",
-            None,
-        )
-        .await;
+    let (status, body) = app.ticket(&v, &s, "browser").await;
     assert_eq!(status, StatusCode::OK);
     let ticket = body["ticket"].as_str().unwrap();
     chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap()).unwrap();
@@ -429,15 +414,7 @@ async fn a_ticket_opens_one_stream_once(backend: Backend) {
     );
     // A ticket is bound to its vault.
     let other = app.create_vault(&s, "c", "").await;
-    let (_, body) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}/stream-ticket"),
-            &s,
-            "browser",
-            None,
-        )
-        .await;
+    let (_, body) = app.ticket(&v, &s, "browser").await;
     let wrong = app
         .stream(
             &other,

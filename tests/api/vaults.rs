@@ -155,13 +155,7 @@ async fn an_edit_of_a_missing_entry_is_a_404_and_never_collides_with_a_later_app
     let v = app.create_vault(&s, "c", "").await;
 
     let (status, body) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}"),
-            &s,
-            "c",
-            Some(json!({"text": "x", "entry_id": 1})),
-        )
+        .try_write(&v, &s, "c", json!({"text": "x", "entry_id": 1}))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("e1"), "{body}");
@@ -170,13 +164,7 @@ async fn an_edit_of_a_missing_entry_is_a_404_and_never_collides_with_a_later_app
     assert_eq!(first["entry_no"], 1, "the stray edit did not take e1");
 
     let (status, body) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}"),
-            &s,
-            "c",
-            Some(json!({"text": "x", "entry_id": 7})),
-        )
+        .try_write(&v, &s, "c", json!({"text": "x", "entry_id": 7}))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("e7"), "{body}");
@@ -190,15 +178,7 @@ async fn summary_changes_show_in_the_list(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "draft").await;
-    let (status, body) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}/summary"),
-            &s,
-            "c",
-            Some(json!({"text": "shipped 1.0"})),
-        )
-        .await;
+    let (status, body) = app.set_summary(&v, &s, "c", "shipped 1.0").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({}));
     let (status, list) = app
@@ -281,30 +261,14 @@ async fn past_writers_from_another_session_may_read_and_summarize_but_not_write(
     let current = app.read(&v, &away, "roamer", "").await;
     assert_eq!(current[0]["content"], "written at home");
     assert_eq!(app.read(&v, &away, "roamer", "history=true").await.len(), 1);
-    let (status, _) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}/summary"),
-            &away,
-            "roamer",
-            Some(json!({"text": "from away"})),
-        )
-        .await;
+    let (status, _) = app.set_summary(&v, &away, "roamer", "from away").await;
     assert_eq!(status, StatusCode::OK);
 
     for body in [
         json!({"text": "append"}),
         json!({"text": "edit", "entry_id": 1}),
     ] {
-        let (status, err) = app
-            .vault_call(
-                Method::POST,
-                &format!("/api/vault/{v}"),
-                &away,
-                "roamer",
-                Some(body),
-            )
-            .await;
+        let (status, err) = app.try_write(&v, &away, "roamer", body).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(
             err["error"].as_str().unwrap().contains("work session"),
@@ -382,25 +346,9 @@ async fn members_of_the_work_session_may_use_every_route(backend: Backend) {
     assert_eq!(app.read(&v, &s2, "reader", "").await.len(), 1);
     let r = app.write(&v, &s2, "reader", "reader edits", Some(1)).await;
     assert_eq!(r["version"], 2);
-    let (status, _) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}/summary"),
-            &s2,
-            "reader",
-            Some(json!({"text": "t"})),
-        )
-        .await;
+    let (status, _) = app.set_summary(&v, &s2, "reader", "t").await;
     assert_eq!(status, StatusCode::OK);
-    let (status, ticket) = app
-        .vault_call(
-            Method::POST,
-            &format!("/api/vault/{v}/stream-ticket"),
-            &s2,
-            "reader",
-            None,
-        )
-        .await;
+    let (status, ticket) = app.ticket(&v, &s2, "reader").await;
     assert_eq!(status, StatusCode::OK);
     assert!(ticket["ticket"].as_str().unwrap().len() > 30);
 }
@@ -413,14 +361,7 @@ async fn reads_and_summaries_never_add_to_the_writer_list(backend: Backend) {
     app.write(&v, &home, "creator", "x", None).await;
     // "visitor" reads and sets the summary from home, but never writes.
     app.read(&v, &home, "visitor", "").await;
-    app.vault_call(
-        Method::POST,
-        &format!("/api/vault/{v}/summary"),
-        &home,
-        "visitor",
-        Some(json!({"text": "s"})),
-    )
-    .await;
+    app.set_summary(&v, &home, "visitor", "s").await;
     let (status, _) = app
         .vault_call(
             Method::GET,
