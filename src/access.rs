@@ -146,6 +146,8 @@ mod tests {
         c.principal = Principal::Link {
             link_id: "l".into(),
             vault_id: "v-1".into(),
+            secret_hash: "h".into(),
+            expires_at: Utc::now(),
         };
         assert!(allows(&c, &vault(), Action::Read));
         assert!(!allows(&c, &vault(), Action::SetSummary));

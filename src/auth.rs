@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::error::{ApiError, ApiQuery};
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::{Astation, ReadLink, SessionRecord, SessionState, Store};
+use crate::store::{Astation, SessionRecord, SessionState, Store};
 
 /// Wrong one-time codes a pending session tolerates before it is denied.
 pub const MAX_WRONG_CODES: i32 = 5;
@@ -33,7 +33,13 @@ pub enum Principal {
         work_session: String,
     },
     /// A read-only link to one vault.
-    Link { link_id: String, vault_id: String },
+    Link {
+        link_id: String,
+        vault_id: String,
+        /// Hash of the link's secret (what a stream ticket refers to).
+        secret_hash: String,
+        expires_at: DateTime<Utc>,
+    },
 }
 
 /// An authenticated vault caller: a principal and the client id it acts as.
@@ -93,21 +99,24 @@ pub fn validate_client_id(id: Option<&str>) -> Result<String, ApiError> {
     Ok(id.to_string())
 }
 
-/// Resolves a session id to its granted work session, or says why not.
-pub async fn granted_session(
+/// The principal of a granted session, by the hash of its id, or why the
+/// session cannot be used.
+pub async fn session_principal(
     store: &dyn Store,
-    session_id: &str,
-) -> Result<(String, String), ApiError> {
-    let hash = secrets::hash(session_id);
+    session_hash: &str,
+) -> Result<Principal, ApiError> {
     let record = store
-        .session(&hash)
+        .session(session_hash)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown session; pair again to get one".into()))?;
     usable_session(&record)?;
     let work_session = record
         .astation_id
         .ok_or_else(|| ApiError::Internal("granted session without an astation".into()))?;
-    Ok((hash, work_session))
+    Ok(Principal::Session {
+        session_hash: session_hash.to_string(),
+        work_session,
+    })
 }
 
 /// Says why a session cannot be used, if it cannot.
@@ -127,10 +136,11 @@ fn usable_session(record: &SessionRecord) -> Result<(), ApiError> {
     }
 }
 
-/// Resolves a read-only link secret, or says why it does not work.
-pub async fn live_link(store: &dyn Store, secret: &str) -> Result<ReadLink, ApiError> {
+/// The principal of a live read-only link, by the hash of its secret, or
+/// why the link does not work.
+pub async fn link_principal(store: &dyn Store, secret_hash: &str) -> Result<Principal, ApiError> {
     let link = store
-        .link_by_secret_hash(&secrets::hash(secret))
+        .link_by_secret_hash(secret_hash)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown link".into()))?;
     if link.revoked {
@@ -139,29 +149,22 @@ pub async fn live_link(store: &dyn Store, secret: &str) -> Result<ReadLink, ApiE
     if link.expires_at <= Utc::now() {
         return Err(ApiError::Unauthorized("this link has expired".into()));
     }
-    Ok(link)
+    Ok(Principal::Link {
+        link_id: link.link_id,
+        vault_id: link.vault_id,
+        secret_hash: link.secret_hash,
+        expires_at: link.expires_at,
+    })
 }
 
-/// Re-checks that a principal is still valid (for long-lived streams).
+/// Re-checks that a principal is still valid (for long-lived streams and
+/// stream tickets).
 pub async fn still_valid(store: &dyn Store, principal: &Principal) -> Result<(), ApiError> {
     match principal {
-        Principal::Session { session_hash, .. } => {
-            let record = store
-                .session(session_hash)
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("unknown session".into()))?;
-            usable_session(&record)
-        }
-        Principal::Link { link_id, vault_id } => {
-            let links = store.links_for_vault(vault_id).await?;
-            match links.iter().find(|l| &l.link_id == link_id) {
-                Some(l) if !l.revoked && l.expires_at > Utc::now() => Ok(()),
-                _ => Err(ApiError::Unauthorized(
-                    "this link is no longer valid".into(),
-                )),
-            }
-        }
+        Principal::Session { session_hash, .. } => session_principal(store, session_hash).await,
+        Principal::Link { secret_hash, .. } => link_principal(store, secret_hash).await,
     }
+    .map(|_| ())
 }
 
 #[derive(Deserialize)]
@@ -178,20 +181,8 @@ pub async fn principal_from_headers(
         None => Err(ApiError::Unauthorized(
             "missing credential: send the header `Authorization: session <session_id>`".into(),
         )),
-        Some(Credential::Session(id)) => {
-            let (session_hash, work_session) = granted_session(store, id).await?;
-            Ok(Principal::Session {
-                session_hash,
-                work_session,
-            })
-        }
-        Some(Credential::Link(secret)) => {
-            let link = live_link(store, secret).await?;
-            Ok(Principal::Link {
-                link_id: link.link_id,
-                vault_id: link.vault_id,
-            })
-        }
+        Some(Credential::Session(id)) => session_principal(store, &secrets::hash(id)).await,
+        Some(Credential::Link(secret)) => link_principal(store, &secrets::hash(secret)).await,
         Some(Credential::Bearer(_)) => Err(ApiError::Unauthorized(
             "vault routes take `Authorization: session <session_id>`, not a bearer token".into(),
         )),

@@ -72,32 +72,8 @@ async fn principal(
     // The ticket carries the credential it was issued to; check it again so
     // a revocation in between is honoured.
     let principal = match (&t.session_hash, &t.link_hash) {
-        (Some(session_hash), _) => {
-            let record = store
-                .session(session_hash)
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("unknown session".into()))?;
-            if auth::public_status(&record) != "granted" {
-                return Err(ApiError::Unauthorized(
-                    "this session is no longer valid".into(),
-                ));
-            }
-            Principal::Session {
-                session_hash: session_hash.clone(),
-                work_session: record.astation_id.unwrap_or_default(),
-            }
-        }
-        (None, Some(link_hash)) => {
-            let link = store
-                .link_by_secret_hash(link_hash)
-                .await?
-                .filter(|l| !l.revoked && l.expires_at > Utc::now())
-                .ok_or_else(|| ApiError::Unauthorized("this link is no longer valid".into()))?;
-            Principal::Link {
-                link_id: link.link_id,
-                vault_id: link.vault_id,
-            }
-        }
+        (Some(session_hash), _) => auth::session_principal(store, session_hash).await?,
+        (None, Some(link_hash)) => auth::link_principal(store, link_hash).await?,
         (None, None) => return Err(ApiError::Internal("ticket without a credential".into())),
     };
     Ok((principal, Some(t.client_id)))
@@ -120,13 +96,7 @@ async fn stream(
         .map(|s| parse_since(Some(s)))
         .transpose()?;
     let expires_at = match &principal {
-        Principal::Link { vault_id, link_id } => state
-            .store
-            .links_for_vault(vault_id)
-            .await?
-            .into_iter()
-            .find(|l| &l.link_id == link_id)
-            .map(|l| l.expires_at),
+        Principal::Link { expires_at, .. } => Some(*expires_at),
         Principal::Session { .. } => None,
     };
     let caller = Caller {
@@ -173,16 +143,7 @@ async fn ticket(
     access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
     let (session_hash, link_hash) = match &caller.principal {
         Principal::Session { session_hash, .. } => (Some(session_hash.clone()), None),
-        Principal::Link { link_id, vault_id } => {
-            let link = state
-                .store
-                .links_for_vault(vault_id)
-                .await?
-                .into_iter()
-                .find(|l| &l.link_id == link_id)
-                .ok_or_else(|| ApiError::Unauthorized("this link is no longer valid".into()))?;
-            (None, Some(link.secret_hash))
-        }
+        Principal::Link { secret_hash, .. } => (None, Some(secret_hash.clone())),
     };
     let ticket = secrets::token("tk");
     let expires_at = Utc::now() + chrono::Duration::seconds(TICKET_TTL_SECS);
