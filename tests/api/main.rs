@@ -8,6 +8,7 @@ mod admin;
 mod binary;
 mod browser;
 mod errors;
+mod links;
 mod pg_only;
 mod sessions;
 mod stream;
