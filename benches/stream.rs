@@ -89,37 +89,56 @@ struct Options {
     child_for_all: bool,
 }
 
-fn parse_args() -> std::result::Result<Options, String> {
+const USAGE: &str = "usage: cargo bench --bench stream [-- --quick] [-- --child]
+  --quick  reduced sizes, a smoke test
+  --child  run every figure against the release binary, not an in-process relay
+  BENCH_DATABASE_URL=postgres://...  bench the Postgres store (default: memory)
+  scripts/bench [--quick] [--child]  the same, with the open-file limit raised";
+
+/// What the command line asks for.
+enum Parsed {
+    Run(Options),
+    Usage,
+    /// Started by `cargo test --benches`: nothing to measure there.
+    Skip,
+}
+
+fn parse_args() -> std::result::Result<Parsed, String> {
     let mut opts = Options {
         quick: false,
         child_for_all: false,
     };
+    let mut benching = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => opts.quick = true,
             "--child" => opts.child_for_all = true,
-            // `cargo bench` passes this to every benchmark.
-            "--bench" => {}
-            "--help" | "-h" => {
-                return Err(
-                    "usage: cargo bench --bench stream [-- --quick] [-- --child]\n  \
-                     --quick  reduced sizes, a smoke test\n  \
-                     --child  run every figure against the release binary\n  \
-                     BENCH_DATABASE_URL=postgres://...  bench the Postgres store"
-                        .into(),
-                );
-            }
+            // `cargo bench` passes this; `cargo test --benches` does not.
+            "--bench" => benching = true,
+            "--help" | "-h" => return Ok(Parsed::Usage),
             other => return Err(format!("unknown argument `{other}` (try --help)")),
         }
     }
-    Ok(opts)
+    Ok(if benching {
+        Parsed::Run(opts)
+    } else {
+        Parsed::Skip
+    })
 }
 
 fn main() -> ExitCode {
     let opts = match parse_args() {
-        Ok(o) => o,
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Usage) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Skip) => {
+            println!("stream benchmark: skipped (it runs under `cargo bench --bench stream`)");
+            return ExitCode::SUCCESS;
+        }
         Err(msg) => {
-            eprintln!("{msg}");
+            eprintln!("{msg}\n{USAGE}");
             return ExitCode::FAILURE;
         }
     };
@@ -164,16 +183,21 @@ async fn run(opts: Options) -> Result<()> {
         }
     );
     println!(
-        "relay: {} for figures 1 and 3; {} as a child process for figure 2",
+        "relay: figures 1 and 3 on {}; figure 2 on {RELAY_BIN} as a child process",
         if opts.child_for_all {
-            "the release binary as a child process"
+            "the same binary as a child process"
         } else {
-            "in-process (Application::build, own runtime)"
+            "a relay in this process (Application::build, on its own runtime)"
         },
-        RELAY_BIN
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let fds = raise_fd_limit(plan.idle_subscribers as u64 + SPARE_FDS);
+    // Both ends of every stream are in this process when the relay is.
+    let fds_per_fan_out_stream = if opts.child_for_all { 1 } else { 2 };
+    let fds = raise_fd_limit(
+        (plan.idle_subscribers as u64)
+            .max(plan.fan_out_subscribers as u64 * fds_per_fan_out_stream)
+            + SPARE_FDS,
+    );
     println!(
         "machine: {cpus} CPUs; open-file limit {}; entries of {ENTRY_BYTES} bytes{}",
         fds.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
@@ -185,6 +209,15 @@ async fn run(opts: Options) -> Result<()> {
     );
     if let Some(limit) = fds {
         let room = limit.saturating_sub(SPARE_FDS) as usize;
+        let fan_out_room = room / fds_per_fan_out_stream as usize;
+        if fan_out_room < plan.fan_out_subscribers {
+            println!(
+                "note: the open-file limit ({limit}) allows only {fan_out_room} fan-out streams, \
+                 not {}; run scripts/bench (or `ulimit -n 65536` first) for the full figure",
+                plan.fan_out_subscribers
+            );
+            plan.fan_out_subscribers = fan_out_room.max(1);
+        }
         if room < plan.idle_subscribers {
             println!(
                 "note: the open-file limit ({limit}) allows only {room} idle streams, not {}; \
@@ -297,7 +330,7 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
             let opened = async {
                 let _permit = permits.acquire().await?;
                 let mut ws = api
-                    .connect(&vault, &format!("fan-{i}"), None, 16 * 1024)
+                    .connect(&vault, &format!("fan-{i}"), None, 4 * 1024)
                     .await?;
                 expect_hello(&mut ws).await?;
                 Ok::<_, BoxError>(ws)
@@ -314,21 +347,19 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
                 }
             };
             drop(ready);
+            let stopped = stop.wait_for(|s| *s);
+            tokio::pin!(stopped);
             loop {
                 let msg = tokio::select! {
                     m = ws.next() => m,
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = &mut stopped => break,
                 };
                 match msg {
                     Some(Ok(Message::Text(t))) => {
                         let at = nanos_since(base);
-                        if let Ok(frame) = serde_json::from_str::<Frame>(&t) {
-                            if frame.kind == "entry" {
-                                if let Some(seq) = frame.seq {
-                                    received.entries.push((seq, at));
-                                    delivered.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
+                        if let Some(seq) = entry_seq(&t) {
+                            received.entries.push((seq, at));
+                            delivered.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Some(Ok(Message::Close(c))) => {
@@ -668,7 +699,19 @@ enum RelayProcess {
         shutdown: Shutdown,
         thread: std::thread::JoinHandle<()>,
     },
-    Child(Child),
+    Child(ChildGuard),
+}
+
+/// A relay child process, killed if the benchmark ends without stopping it.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 struct Relay {
@@ -745,14 +788,14 @@ impl Relay {
             .map_err(|e| format!("cannot start {RELAY_BIN}: {e}"))?;
         let mut relay = Relay {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            process: RelayProcess::Child(child),
+            process: RelayProcess::Child(ChildGuard(child)),
         };
         let health = format!("http://{}/health", relay.addr);
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let RelayProcess::Child(c) = &mut relay.process {
-                if let Some(status) = c.try_wait()? {
+                if let Some(status) = c.0.try_wait()? {
                     return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
                 }
             }
@@ -771,7 +814,7 @@ impl Relay {
     fn pid(&self) -> u32 {
         match &self.process {
             RelayProcess::InProcess { .. } => std::process::id(),
-            RelayProcess::Child(c) => c.id(),
+            RelayProcess::Child(c) => c.0.id(),
         }
     }
 
@@ -796,17 +839,16 @@ impl Relay {
             }
             RelayProcess::Child(mut child) => {
                 let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
+                    .args(["-TERM", &child.0.id().to_string()])
                     .status();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < deadline {
-                    if let Ok(Some(_)) = child.try_wait() {
+                    if let Ok(Some(_)) = child.0.try_wait() {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                let _ = child.kill();
-                let _ = child.wait();
+                // Dropping the guard kills it.
             }
         }
     }
@@ -945,6 +987,25 @@ async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes> {
             Some(Err(e)) => return Err(e.into()),
             None => return Err("the stream ended".into()),
         }
+    }
+}
+
+/// The seq of an entry frame; the clients of the fan-out read thousands of
+/// frames a second, so the usual shape is read without a full JSON parse.
+fn entry_seq(text: &str) -> Option<i64> {
+    if let Some(rest) = text.strip_prefix(r#"{"type":"entry","seq":"#) {
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if let Ok(seq) = rest[..end].parse() {
+            return Some(seq);
+        }
+    }
+    let frame: Frame = serde_json::from_str(text).ok()?;
+    if frame.kind == "entry" {
+        frame.seq
+    } else {
+        None
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -128,7 +129,12 @@ impl Application {
         let shutdown = self.state.shutdown.clone();
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, backend = self.state.store.backend(), "vault-relay listening");
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown({
+        // Frames are small and latency matters more than packet count; the
+        // stream batches its own writes.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, self.router).with_graceful_shutdown({
             let s = shutdown.clone();
             async move { s.wait().await }
         });

@@ -124,11 +124,12 @@ async fn stream(
     };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
-    // Small socket buffers keep an idle subscriber cheap; frames are small
-    // and writes are flushed one by one.
+    // Clients only send pongs and closes, so a small read buffer keeps an
+    // idle subscriber cheap; the write buffer holds one burst of frames,
+    // flushed together.
     Ok(ws
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(512)
+        .write_buffer_size(8 * 1024)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| socket::serve(socket, hub, req, shutdown)))
 }

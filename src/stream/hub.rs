@@ -287,6 +287,17 @@ impl Subscription {
         }
     }
 
+    /// The next event if one is already queued (`None` when none is).
+    pub fn try_recv(&mut self) -> Option<Result<Event, RecvError>> {
+        use broadcast::error::TryRecvError;
+        match self.rx.as_mut()?.try_recv() {
+            Ok(event) => Some(Ok(event)),
+            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+
     /// This subscriber's id within the process.
     pub fn conn_id(&self) -> i64 {
         self.conn_id

@@ -25,6 +25,8 @@ use crate::store::{Revocation, Vault};
 
 /// Rows per store read while replaying or catching up.
 const REPLAY_PAGE: i64 = 1000;
+/// Most live frames written before one flush.
+const BATCH_FRAMES: usize = 16;
 
 /// Everything a stream needs, fixed before the upgrade.
 pub struct StreamRequest {
@@ -97,12 +99,31 @@ pub async fn serve(socket: WebSocket, hub: Hub, req: StreamRequest, shutdown: Sh
     let _ = timeout(Duration::from_secs(1), sink.close()).await;
 }
 
-async fn send(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), End> {
-    match timeout(limit, sink.send(Message::Text(frame))).await {
+/// Runs one write step against the send timeout: a client that cannot take
+/// it in time is stuck.
+async fn timed<F>(limit: Duration, step: F) -> Result<(), End>
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    match timeout(limit, step).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::ClientGone),
         Err(_) => Err(End::Slow),
     }
+}
+
+/// Writes one frame and flushes it.
+async fn send(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), End> {
+    timed(limit, sink.send(Message::Text(frame))).await
+}
+
+/// Queues one frame in the socket's write buffer; [`flush`] sends the lot.
+async fn feed(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), End> {
+    timed(limit, sink.feed(Message::Text(frame))).await
+}
+
+async fn flush(sink: &mut Sink, limit: Duration) -> Result<(), End> {
+    timed(limit, sink.flush()).await
 }
 
 /// Sends every row of the vault above `cursor` from the store, in seq order;
@@ -122,9 +143,10 @@ async fn catch_up(
             .map_err(|e| End::Fault(e.to_string()))?;
         let full = rows.len() as i64 == REPLAY_PAGE;
         for row in &rows {
-            send(sink, limit, frames::entry(row)).await?;
+            feed(sink, limit, frames::entry(row)).await?;
             cursor = row.seq;
         }
+        flush(sink, limit).await?;
         if !full {
             return Ok(cursor);
         }
@@ -194,18 +216,37 @@ async fn run(
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            event = sub.recv() => match event {
-                Ok(Event::Entry { seq, frame }) => {
-                    if seq > cursor {
-                        send(sink, req.send_timeout, frame).await?;
-                        cursor = seq;
+            event = sub.recv() => {
+                // Whatever else is already queued goes out in the same
+                // write: one system call for a burst instead of one a frame.
+                let mut next = Some(event);
+                let mut fed = 0;
+                while let Some(event) = next.take() {
+                    match event {
+                        Ok(Event::Entry { seq, frame }) => {
+                            if seq > cursor {
+                                feed(sink, req.send_timeout, frame).await?;
+                                cursor = seq;
+                                fed += 1;
+                            }
+                        }
+                        Ok(Event::Frame(frame)) => {
+                            feed(sink, req.send_timeout, frame).await?;
+                            fed += 1;
+                        }
+                        // Fell off the ring: the store has every row we missed.
+                        Err(RecvError::Lagged(_)) => {
+                            flush(sink, req.send_timeout).await?;
+                            cursor = catch_up(sink, req.send_timeout, hub, &vault.id, cursor).await?;
+                        }
+                        Err(RecvError::Closed) => return Ok(End::Shutdown),
+                    }
+                    if fed < BATCH_FRAMES {
+                        next = sub.try_recv();
                     }
                 }
-                Ok(Event::Frame(frame)) => send(sink, req.send_timeout, frame).await?,
-                // Fell off the ring: the store has every row we missed.
-                Err(RecvError::Lagged(_)) => cursor = catch_up(sink, req.send_timeout, hub, &vault.id, cursor).await?,
-                Err(RecvError::Closed) => return Ok(End::Shutdown),
-            },
+                flush(sink, req.send_timeout).await?;
+            }
             msg = source.next() => match msg {
                 Some(Ok(Message::Close(_))) => return Ok(End::ClientClosed),
                 Some(Ok(_)) => last_heard = Instant::now(),
@@ -227,11 +268,7 @@ async fn run(
                 if req.expires_at.is_some_and(|t| t <= Utc::now()) {
                     return Ok(End::Revoked);
                 }
-                match timeout(req.send_timeout, sink.send(Message::Ping(Default::default()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Ok(End::ClientGone),
-                    Err(_) => return Ok(End::Slow),
-                }
+                timed(req.send_timeout, sink.send(Message::Ping(Default::default()))).await?;
             }
             _ = shutdown.wait() => return Ok(End::Shutdown),
         }
