@@ -400,6 +400,32 @@ impl TestApp {
         }
     }
 
+    /// Opens a stream whose client socket has a tiny, fixed receive buffer
+    /// (no autotuning), for a client that stops reading: the server's writes
+    /// then block after a few hundred KB instead of after tens of MB.
+    pub async fn open_stream_with_small_receive_buffer(
+        &self,
+        vault: &str,
+        session: &str,
+        client: &str,
+    ) -> StreamClient {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        let tcp = socket.connect(self.addr).await.expect("connect");
+        let url = format!("ws://{}/api/vault/{vault}/stream?id={client}", self.addr);
+        let mut request = url.into_client_request().expect("stream request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("session {session}").parse().expect("header"),
+        );
+        let (socket, _) =
+            tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("stream accepted");
+        StreamClient { socket }
+    }
+
     /// Opens a stream that must be accepted.
     pub async fn open_stream(
         &self,

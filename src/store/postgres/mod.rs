@@ -16,13 +16,18 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
 use super::{
-    Astation, Entry, KIND_CONTENT, NewEntry, NewVault, Notice, ReadLink, Revocation, SessionRecord,
-    SessionState, Store, StoreError, StoreResult, StreamTicket, Vault, VaultListItem, View,
-    Watcher, WatcherRecord, WriteReceipt,
+    Astation, Entry, NewEntry, NewVault, Notice, ReadLink, Revocation, SessionRecord, SessionState,
+    Store, StoreError, StoreResult, StreamTicket, Vault, VaultListItem, View, Watcher,
+    WatcherRecord, WriteReceipt,
 };
 
-/// The NOTIFY channel the relay speaks on.
+/// The NOTIFY channel the relay speaks on (also named in `vault_write`,
+/// migrations/0002_vault_write.sql).
 pub const CHANNEL: &str = "vault_relay";
+
+/// SQLSTATEs raised by `vault_write` (migrations/0002_vault_write.sql).
+const SQLSTATE_NO_VAULT: &str = "VR001";
+const SQLSTATE_NO_ENTRY: &str = "VR002";
 
 /// Embedded SQL migrations from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -113,15 +118,6 @@ impl PgStore {
     /// The pool, for tests and tools that need the raw database.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// Locks the vault row for the rest of the transaction.
-    async fn lock_vault(tx: &mut Transaction<'_, Postgres>, vault_id: &str) -> StoreResult<i64> {
-        sqlx::query_scalar("select next_entry_no from vaults where id = $1 for update")
-            .bind(vault_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or(StoreError::VaultNotFound)
     }
 
     async fn notify(
@@ -266,59 +262,32 @@ impl Store for PgStore {
     }
 
     async fn write_entry(&self, new: NewEntry) -> StoreResult<WriteReceipt> {
-        let mut tx = self.pool.begin().await?;
-        // The row lock orders every writer of this vault: entry numbers,
-        // versions and seq are all allocated while holding it, so within a
-        // vault seq order equals commit order.
-        let next_entry_no = Self::lock_vault(&mut tx, &new.vault_id).await?;
-        let (entry_no, version) = match new.entry_no {
-            None => (next_entry_no, 1),
-            Some(n) => {
-                let newest: Option<i64> = sqlx::query_scalar(
-                    "select max(version) from vault_entries where vault_id = $1 and entry_no = $2",
-                )
-                .bind(&new.vault_id)
-                .bind(n)
-                .fetch_one(&mut *tx)
-                .await?;
-                (n, newest.ok_or(StoreError::EntryNotFound(n))? + 1)
-            }
-        };
-        let seq: i64 = sqlx::query_scalar("select nextval('vault_seq')")
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(
-            "insert into vault_entries (seq, vault_id, entry_no, version, kind, writer_id, content)
-             values ($1, $2, $3, $4, $5, $6, $7)",
+        // vault_write (migrations/0002) locks the vault row, allocates the
+        // entry number, version and seq under that lock, inserts, updates
+        // the writer list and notifies: one statement, one transaction, one
+        // round trip.
+        let row = sqlx::query(
+            "select out_entry_no, out_version, out_seq from vault_write($1, $2, $3, $4)",
         )
-        .bind(seq)
         .bind(&new.vault_id)
-        .bind(entry_no)
-        .bind(version)
-        .bind(KIND_CONTENT)
+        .bind(new.entry_no)
         .bind(&new.writer_id)
         .bind(&new.content)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "update vaults set
-                head_seq = $2,
-                next_entry_no = next_entry_no + $3,
-                writers = case when writers @> array[$4] then writers else array_append(writers, $4) end
-             where id = $1",
-        )
-        .bind(&new.vault_id)
-        .bind(seq)
-        .bind(i64::from(new.entry_no.is_none()))
-        .bind(&new.writer_id)
-        .execute(&mut *tx)
-        .await?;
-        Self::notify(&mut tx, json!({"t": "entry", "v": new.vault_id, "s": seq})).await?;
-        tx.commit().await?;
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_VAULT) => {
+                StoreError::VaultNotFound
+            }
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_ENTRY) => {
+                StoreError::EntryNotFound(new.entry_no.unwrap_or_default())
+            }
+            other => other.into(),
+        })?;
         Ok(WriteReceipt {
-            entry_no,
-            version,
-            seq,
+            entry_no: row.try_get("out_entry_no")?,
+            version: row.try_get("out_version")?,
+            seq: row.try_get("out_seq")?,
         })
     }
 
