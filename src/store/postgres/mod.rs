@@ -341,18 +341,19 @@ impl Store for PgStore {
     }
 
     async fn set_summary(&self, vault_id: &str, summary: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query("update vaults set summary = $2 where id = $1")
-            .bind(vault_id)
-            .bind(summary)
-            .execute(&mut *tx)
-            .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::VaultNotFound);
+        let announced = sqlx::query(
+            "with changed as (update vaults set summary = $2 where id = $1 returning id)
+             select pg_notify($3, json_build_object('t', 'summary', 'v', id)::text) from changed",
+        )
+        .bind(vault_id)
+        .bind(summary)
+        .bind(CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        match announced {
+            Some(_) => Ok(()),
+            None => Err(StoreError::VaultNotFound),
         }
-        Self::notify(&mut tx, json!({"t": "summary", "v": vault_id})).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn create_astation(&self, astation: &Astation, token_hash: &str) -> StoreResult<()> {
@@ -549,20 +550,22 @@ impl Store for PgStore {
     }
 
     async fn add_watcher(&self, w: &WatcherRecord) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        // One statement (so one transaction and one round trip): every
+        // stream open pays for it.
         sqlx::query(
-            "insert into stream_watchers (replica_id, conn_id, vault_id, atem_id, client_id)
-             values ($1, $2, $3, $4, $5)",
+            "with added as (
+                insert into stream_watchers (replica_id, conn_id, vault_id, atem_id, client_id)
+                values ($1, $2, $3, $4, $5) returning vault_id)
+             select pg_notify($6, json_build_object('t', 'presence', 'v', vault_id)::text) from added",
         )
         .bind(&w.replica_id)
         .bind(w.conn_id)
         .bind(&w.vault_id)
         .bind(&w.atem_id)
         .bind(&w.client_id)
-        .execute(&mut *tx)
+        .bind(CHANNEL)
+        .execute(&self.pool)
         .await?;
-        Self::notify(&mut tx, json!({"t": "presence", "v": w.vault_id})).await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -570,16 +573,20 @@ impl Store for PgStore {
         &self,
         replica_id: &str,
         conn_id: i64,
-        vault_id: &str,
+        _vault_id: &str,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("delete from stream_watchers where replica_id = $1 and conn_id = $2")
-            .bind(replica_id)
-            .bind(conn_id)
-            .execute(&mut *tx)
-            .await?;
-        Self::notify(&mut tx, json!({"t": "presence", "v": vault_id})).await?;
-        tx.commit().await?;
+        // Announces only when a row really went away.
+        sqlx::query(
+            "with gone as (
+                delete from stream_watchers where replica_id = $1 and conn_id = $2
+                returning vault_id)
+             select pg_notify($3, json_build_object('t', 'presence', 'v', vault_id)::text) from gone",
+        )
+        .bind(replica_id)
+        .bind(conn_id)
+        .bind(CHANNEL)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
