@@ -73,3 +73,46 @@ pub fn presence(watchers: &[Watcher], count: i64) -> Utf8Bytes {
     let listed = &watchers[..watchers.len().min(MAX_LISTED_WATCHERS)];
     text(json!({ "type": "presence", "watchers": listed, "count": count }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_lists_at_most_100_but_counts_everyone() {
+        let watchers: Vec<Watcher> = (0..150)
+            .map(|i| Watcher {
+                atem_id: format!("a{i}"),
+                client_id: format!("c{i}"),
+            })
+            .collect();
+        let frame: serde_json::Value = serde_json::from_str(&presence(&watchers, 150)).unwrap();
+        assert_eq!(frame["type"], "presence");
+        assert_eq!(frame["count"], 150);
+        assert_eq!(
+            frame["watchers"].as_array().unwrap().len(),
+            MAX_LISTED_WATCHERS
+        );
+        assert_eq!(
+            frame["watchers"][0],
+            json!({"atem_id": "a0", "client_id": "c0"})
+        );
+    }
+
+    #[test]
+    fn entry_frames_are_the_row_plus_type() {
+        let row = Entry {
+            seq: 7,
+            entry_no: 2,
+            version: 3,
+            kind: "content".into(),
+            writer_id: "w".into(),
+            content: "<b>x</b>".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let mut frame: serde_json::Value = serde_json::from_str(&entry(&row)).unwrap();
+        assert_eq!(frame["type"], "entry");
+        frame.as_object_mut().unwrap().remove("type");
+        assert_eq!(frame, serde_json::to_value(&row).unwrap());
+    }
+}

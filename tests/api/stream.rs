@@ -19,6 +19,7 @@ both_stores!(
     every_row_arrives_exactly_once_across_a_reconnect_under_concurrent_writers,
     summary_changes_are_pushed,
     presence_shows_and_drops_a_non_ascii_watcher,
+    presence_is_coalesced_when_many_watchers_join,
     revoking_the_session_closes_its_streams,
     removing_the_astation_closes_its_streams,
     a_cursor_from_another_epoch_is_told_to_start_over,
@@ -292,6 +293,43 @@ async fn presence_shows_and_drops_a_non_ascii_watcher(backend: Backend) {
             break;
         }
     }
+}
+
+async fn presence_is_coalesced_when_many_watchers_join(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut first = app.open_stream(&v, &s, "first", "atem_id=first").await;
+    first.next_frame().await;
+    assert_eq!(first.next_of("presence").await["count"], 1);
+    let started = std::time::Instant::now();
+    let mut crowd = Vec::new();
+    for i in 0..40 {
+        crowd.push(app.open_stream(&v, &s, &format!("c{i}"), "").await);
+    }
+    // Watch for a while after the crowd arrived: a few frames, the last
+    // one counting everybody, instead of one frame per join.
+    let mut frames = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(event) = tokio::time::timeout_at(deadline.into(), first.next_event()).await {
+        match event {
+            crate::helpers::StreamEvent::Frame(f) if f["type"] == "presence" => frames.push(f),
+            crate::helpers::StreamEvent::Frame(_) => {}
+            crate::helpers::StreamEvent::Closed(code, _) => panic!("closed: {code:?}"),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        (frames.len() as f64) <= seconds + 2.0,
+        "{} presence frames in {seconds:.1} s",
+        frames.len()
+    );
+    let last = frames
+        .last()
+        .expect("a presence frame after the crowd joined");
+    assert_eq!(last["count"], 41);
+    assert_eq!(last["watchers"].as_array().unwrap().len(), 41);
+    assert_eq!(last["watchers"][0]["atem_id"], "first", "oldest first");
 }
 
 async fn revoking_the_session_closes_its_streams(backend: Backend) {
