@@ -174,6 +174,14 @@ async fn run(
     // Subscribe first, then read: anything committed from here on is either
     // in the replay or arrives live, and duplicates are dropped by seq.
     let mut revocations = hub.revocations();
+    // A revocation between the check before the upgrade and the line above
+    // was announced to nobody: look once more, now that we are listening.
+    if auth::still_valid(hub.store().as_ref(), &req.principal)
+        .await
+        .is_err()
+    {
+        return Ok(End::Revoked);
+    }
     let mut sub = hub
         .subscribe(&vault.id, vault.head_seq, &req.atem_id, &req.client_id)
         .await;
