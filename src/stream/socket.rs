@@ -222,6 +222,9 @@ async fn run(
     let mut ping = tokio::time::interval(req.ping_every);
     ping.reset();
     let mut last_heard = Instant::now();
+    // Made once: the loop runs once per frame for every subscriber.
+    let stopping = shutdown.wait();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             event = sub.recv() => {
@@ -278,7 +281,7 @@ async fn run(
                 }
                 timed(req.send_timeout, sink.send(Message::Ping(Default::default()))).await?;
             }
-            _ = shutdown.wait() => return Ok(End::Shutdown),
+            _ = &mut stopping => return Ok(End::Shutdown),
         }
     }
 }
