@@ -3,8 +3,6 @@
 //! `POST /api/vault/{id}/stream-ticket`: a short-lived, single-use ticket
 //! for browsers, which cannot set headers on a WebSocket.
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{OriginalUri, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -23,6 +21,8 @@ use crate::secrets;
 use crate::state::AppState;
 use crate::store::StreamTicket;
 use crate::stream::socket::{self, StreamRequest};
+use crate::stream::upgrade::Upgrade;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Seconds a stream ticket stays valid.
 pub const TICKET_TTL_SECS: i64 = 30;
@@ -85,7 +85,7 @@ async fn stream(
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     let (principal, ticket_client) =
         principal(&state, &vault_id, q.ticket.as_deref(), &headers).await?;
@@ -104,12 +104,8 @@ async fn stream(
         client_id,
     };
     let vault = access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
-    let ws = ws.map_err(|r| {
-        ApiError::BadRequest(format!(
-            "this route is a WebSocket: connect with a WebSocket client ({})",
-            r.body_text()
-        ))
-    })?;
+    // Checked last, so refusals say what is wrong with the credential first.
+    let upgrade = upgrade?;
     let atem_id = sanitize_atem_id(raw_atem_id(&uri).unwrap_or(""));
     let req = StreamRequest {
         vault,
@@ -126,12 +122,15 @@ async fn stream(
     let shutdown = state.shutdown.clone();
     // Clients only send pongs and closes, so a small read buffer keeps an
     // idle subscriber cheap; the write buffer holds one burst of frames,
-    // flushed together.
-    Ok(ws
+    // flushed together (large frames are fragmented to fit it).
+    let config = WebSocketConfig::default()
         .read_buffer_size(512)
         .write_buffer_size(8 * 1024)
-        .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| socket::serve(socket, hub, req, shutdown)))
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024));
+    Ok(upgrade.on_upgrade(config, move |socket| {
+        socket::serve(socket, hub, req, shutdown)
+    }))
 }
 
 /// Issues a single-use ticket that opens this vault's stream within

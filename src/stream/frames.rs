@@ -1,9 +1,9 @@
 //! The stream's frames, as JSON text. Their `type` names are part of the
 //! protocol (docs/stream.md).
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::{Entry, Watcher};
 

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{frames, presence};
 use crate::shutdown::Shutdown;

@@ -14,5 +14,6 @@ pub mod frames;
 pub mod hub;
 pub mod presence;
 pub mod socket;
+pub mod upgrade;
 
 pub use hub::{Event, Hub, Subscription};

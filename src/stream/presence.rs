@@ -24,7 +24,10 @@ pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(10);
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// The current presence frame of a vault.
-pub async fn frame(hub: &Hub, vault_id: &str) -> Result<axum::extract::ws::Utf8Bytes, StoreError> {
+pub async fn frame(
+    hub: &Hub,
+    vault_id: &str,
+) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, StoreError> {
     let (listed, count) = hub
         .store()
         .watchers(vault_id, frames::MAX_LISTED_WATCHERS as i64)

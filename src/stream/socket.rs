@@ -7,18 +7,22 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chrono::{DateTime, Utc};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use super::frames::{
     self, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_REVOKED, CLOSE_SLOW_CONSUMER, CLOSE_UNRESPONSIVE,
 };
 use super::hub::{Event, Hub};
 use super::presence;
+use super::upgrade::Socket;
 use crate::auth::{self, Principal};
 use crate::shutdown::Shutdown;
 use crate::store::{Revocation, Vault};
@@ -27,6 +31,9 @@ use crate::store::{Revocation, Vault};
 const REPLAY_PAGE: i64 = 1000;
 /// Most live frames written before one flush.
 const BATCH_FRAMES: usize = 16;
+/// Frames larger than this go out in fragments of this size, so no socket's
+/// write buffer grows past it (buffers never shrink while a socket lives).
+const FRAGMENT_BYTES: usize = 8 * 1024;
 
 /// Everything a stream needs, fixed before the upgrade.
 pub struct StreamRequest {
@@ -76,10 +83,11 @@ impl End {
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+type Sink = SplitSink<Socket, Message>;
+type Source = SplitStream<Socket>;
 
 /// Runs a stream to its end and logs the outcome.
-pub async fn serve(socket: WebSocket, hub: Hub, req: StreamRequest, shutdown: Shutdown) {
+pub async fn serve(socket: Socket, hub: Hub, req: StreamRequest, shutdown: Shutdown) {
     let vault_id = req.vault.id.clone();
     let (mut sink, mut source) = socket.split();
     let end = match run(&mut sink, &mut source, &hub, req, &shutdown).await {
@@ -91,7 +99,7 @@ pub async fn serve(socket: WebSocket, hub: Hub, req: StreamRequest, shutdown: Sh
     }
     if let Some((code, reason)) = end.close() {
         let close = Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         }));
         let _ = timeout(Duration::from_secs(1), sink.send(close)).await;
@@ -103,7 +111,7 @@ pub async fn serve(socket: WebSocket, hub: Hub, req: StreamRequest, shutdown: Sh
 /// it in time is stuck.
 async fn timed<F>(limit: Duration, step: F) -> Result<(), End>
 where
-    F: std::future::Future<Output = Result<(), axum::Error>>,
+    F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>>,
 {
     match timeout(limit, step).await {
         Ok(Ok(())) => Ok(()),
@@ -118,8 +126,21 @@ async fn send(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), 
 }
 
 /// Queues one frame in the socket's write buffer; [`flush`] sends the lot.
+/// A large frame is queued as fragments (a text frame and continuation
+/// frames), which the socket writes out one by one.
 async fn feed(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), End> {
-    timed(limit, sink.feed(Message::Text(frame))).await
+    if frame.len() <= FRAGMENT_BYTES {
+        return timed(limit, sink.feed(Message::Text(frame))).await;
+    }
+    let bytes = Bytes::from(frame);
+    let count = bytes.len().div_ceil(FRAGMENT_BYTES);
+    for i in 0..count {
+        let part = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
+        let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+        let fragment = Frame::message(part, opcode, i + 1 == count);
+        timed(limit, sink.feed(Message::Frame(fragment))).await?;
+    }
+    Ok(())
 }
 
 async fn flush(sink: &mut Sink, limit: Duration) -> Result<(), End> {
@@ -164,7 +185,7 @@ fn revokes(r: &Revocation, principal: &Principal) -> bool {
 
 async fn run(
     sink: &mut Sink,
-    source: &mut futures_util::stream::SplitStream<WebSocket>,
+    source: &mut Source,
     hub: &Hub,
     req: StreamRequest,
     shutdown: &Shutdown,

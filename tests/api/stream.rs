@@ -18,6 +18,7 @@ both_stores!(
     nothing_missed_means_caught_up_at_since,
     every_row_arrives_exactly_once_across_a_reconnect_under_concurrent_writers,
     summary_changes_are_pushed,
+    an_entry_at_the_size_limit_streams_intact,
     presence_shows_and_drops_a_non_ascii_watcher,
     presence_is_coalesced_when_many_watchers_join,
     revoking_the_session_closes_its_streams,
@@ -226,6 +227,25 @@ async fn every_row_arrives_exactly_once_across_a_reconnect_under_concurrent_writ
     // Nothing more arrives: write one more and it is the very next entry.
     let extra = app.write(&v, &s, "c", "extra", None).await;
     assert_eq!(seq(&stream.next_of("entry").await), seq(&extra));
+}
+
+async fn an_entry_at_the_size_limit_streams_intact(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut stream = app.open_stream(&v, &s, "w", "").await;
+    stream.next_frame().await;
+    // Two-byte characters with an odd-length prefix: the relay's fragments
+    // split characters, and the client must still get the exact text.
+    let text = format!("x{}", "é".repeat(128 * 1024 - 1));
+    assert_eq!(text.len(), 256 * 1024 - 1);
+    let r = app.write(&v, &s, "c", &text, None).await;
+    let f = stream.next_of("entry").await;
+    assert_eq!(f["seq"], r["seq"]);
+    assert_eq!(f["content"].as_str(), Some(text.as_str()));
+    // And the socket carries on normally afterwards.
+    let r = app.write(&v, &s, "c", "small", None).await;
+    assert_eq!(stream.next_of("entry").await["seq"], r["seq"]);
 }
 
 async fn summary_changes_are_pushed(backend: Backend) {
