@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: every setting, from flags or the environment.
 //! - [`startup`]: builds the application and runs it until shutdown.
+//! - [`state`]: what every handler shares (store, settings, hub).
 //! - [`shutdown`]: the one shutdown signal shared by server and sockets.
 //! - [`error`]: the API error type and its JSON body.
 //! - [`secrets`]: random identifiers, tokens and their hashes.
