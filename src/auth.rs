@@ -302,7 +302,7 @@ pub async fn register_astation(
     let astation = Astation {
         astation_id: secrets::astation_id(),
         name,
-        created_at: Utc::now(),
+        created_at: crate::store::now(),
     };
     store
         .create_astation(&astation, &secrets::hash(&token))
@@ -325,7 +325,7 @@ pub async fn start_pairing(
 ) -> Result<Pending, ApiError> {
     let id = secrets::session_id();
     let otp = secrets::otp();
-    let now = Utc::now();
+    let now = crate::store::now();
     let expires_at = now
         + chrono::Duration::from_std(ttl)
             .map_err(|_| ApiError::Internal("pairing TTL out of range".into()))?;
@@ -355,7 +355,7 @@ pub async fn mint_session(
     hostname: &str,
 ) -> Result<String, ApiError> {
     let id = secrets::session_id();
-    let now = Utc::now();
+    let now = crate::store::now();
     store
         .insert_session(&SessionRecord {
             id_hash: secrets::hash(&id),

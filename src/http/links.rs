@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -80,7 +79,7 @@ async fn create(
     )
     .await?;
     let secret = secrets::token("lk");
-    let now = Utc::now();
+    let now = crate::store::now();
     let link = ReadLink {
         link_id: format!("l-{}", secrets::base62(12)),
         secret_hash: secrets::hash(&secret),

@@ -8,7 +8,6 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -146,7 +145,7 @@ async fn ticket(
         Principal::Link { secret_hash, .. } => (None, Some(secret_hash.clone())),
     };
     let ticket = secrets::token("tk");
-    let expires_at = Utc::now() + chrono::Duration::seconds(TICKET_TTL_SECS);
+    let expires_at = crate::store::now() + chrono::Duration::seconds(TICKET_TTL_SECS);
     state
         .store
         .insert_ticket(&StreamTicket {

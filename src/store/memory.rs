@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio::sync::broadcast;
 
 use super::{
@@ -105,7 +104,7 @@ impl Store for MemoryStore {
             summary: new.summary,
             work_session: new.work_session,
             creator: new.creator,
-            created_at: Utc::now(),
+            created_at: super::now(),
             writers: Vec::new(),
             head_seq: 0,
         };
@@ -175,7 +174,7 @@ impl Store for MemoryStore {
                 kind: KIND_CONTENT.to_string(),
                 writer_id: new.writer_id.clone(),
                 content: new.content,
-                created_at: Utc::now(),
+                created_at: super::now(),
             });
             vs.vault.head_seq = seq;
             if !vs.vault.writers.contains(&new.writer_id) {
@@ -366,7 +365,7 @@ impl Store for MemoryStore {
 
     async fn insert_ticket(&self, ticket: &StreamTicket) -> StoreResult<()> {
         let mut st = self.lock();
-        let now = Utc::now();
+        let now = super::now();
         // Expired tickets are dropped here so the map stays small.
         st.tickets.retain(|_, t| t.expires_at > now);
         st.tickets
@@ -379,7 +378,7 @@ impl Store for MemoryStore {
             .lock()
             .tickets
             .remove(ticket_hash)
-            .filter(|t| t.expires_at > Utc::now()))
+            .filter(|t| t.expires_at > super::now()))
     }
 
     async fn add_watcher(&self, watcher: &WatcherRecord) -> StoreResult<()> {

@@ -13,6 +13,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+/// The current time at the precision both stores keep (Postgres keeps
+/// microseconds), so a value reads back exactly as it was written.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// The `kind` of every row written through the API.
 pub const KIND_CONTENT: &str = "content";
 

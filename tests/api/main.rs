@@ -11,5 +11,6 @@ mod errors;
 mod links;
 mod pg_only;
 mod sessions;
+mod store;
 mod stream;
 mod vaults;

@@ -297,11 +297,6 @@ impl Store for PgStore {
         view: View,
         since: i64,
     ) -> StoreResult<Vec<Entry>> {
-        // An empty result is ambiguous; the caller has already loaded the
-        // vault, but check anyway so the contract holds for direct callers.
-        if self.vault(vault_id).await?.is_none() {
-            return Err(StoreError::VaultNotFound);
-        }
         let sql = match view {
             View::History => format!(
                 "select {ENTRY_COLUMNS} from vault_entries
@@ -319,6 +314,10 @@ impl Store for PgStore {
             .bind(since)
             .fetch_all(&self.pool)
             .await?;
+        // No rows can also mean no vault; only then is a second look needed.
+        if rows.is_empty() && self.vault(vault_id).await?.is_none() {
+            return Err(StoreError::VaultNotFound);
+        }
         Ok(rows.iter().map(entry_from_row).collect::<Result<_, _>>()?)
     }
 

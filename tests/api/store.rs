@@ -1,0 +1,371 @@
+//! The store behaviour suite: the `Store` trait's contract, checked directly
+//! on both implementations (the HTTP suites check it through the routes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use vault_relay::store::memory::MemoryStore;
+use vault_relay::store::postgres::{PgConfig, PgStore};
+use vault_relay::store::{
+    Astation, NewEntry, NewVault, Notice, ReadLink, SessionRecord, SessionState, Store, StoreError,
+    StreamTicket, View, WatcherRecord,
+};
+
+use crate::both_stores;
+use crate::helpers::{Backend, TestDb};
+
+both_stores!(
+    unknown_vaults_are_reported_as_such,
+    entries_after_pages_in_seq_order,
+    writes_are_announced_after_they_land,
+    session_transitions_are_compare_and_set,
+    wrong_codes_count_up_to_the_limit_then_deny,
+    tickets_work_once_and_expire,
+    links_are_found_by_secret_hash_and_revoked_once,
+    watchers_are_counted_and_withdrawn_with_their_replica,
+    removing_an_astation_revokes_its_sessions,
+);
+
+/// A fresh store of the given kind (and the database behind it, if any).
+async fn store(backend: Backend) -> (Arc<dyn Store>, Option<TestDb>) {
+    match backend {
+        Backend::Memory => (Arc::new(MemoryStore::new()), None),
+        Backend::Postgres => {
+            let db = TestDb::create().await;
+            let config = PgConfig {
+                url: db.url.clone(),
+                max_connections: 4,
+            };
+            let store = PgStore::connect(&config).await.expect("connect");
+            (Arc::new(store), Some(db))
+        }
+    }
+}
+
+async fn vault(store: &dyn Store, id: &str) {
+    store
+        .create_vault(NewVault {
+            id: id.into(),
+            summary: String::new(),
+            work_session: "a-home".into(),
+            creator: "c".into(),
+        })
+        .await
+        .expect("create vault");
+}
+
+fn append(vault_id: &str, text: &str) -> NewEntry {
+    NewEntry {
+        vault_id: vault_id.into(),
+        entry_no: None,
+        writer_id: "w".into(),
+        content: text.into(),
+    }
+}
+
+fn session(id_hash: &str, state: SessionState) -> SessionRecord {
+    SessionRecord {
+        id_hash: id_hash.into(),
+        hostname: "h".into(),
+        state,
+        astation_id: None,
+        otp_hash: Some("otp".into()),
+        failed_attempts: 0,
+        expires_at: Utc::now() + chrono::Duration::minutes(5),
+        created_at: Utc::now(),
+    }
+}
+
+async fn unknown_vaults_are_reported_as_such(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let store = store.as_ref();
+    assert!(store.vault("v-none").await.unwrap().is_none());
+    assert!(matches!(
+        store.write_entry(append("v-none", "x")).await,
+        Err(StoreError::VaultNotFound)
+    ));
+    assert!(matches!(
+        store.read_entries("v-none", View::History, 0).await,
+        Err(StoreError::VaultNotFound)
+    ));
+    assert!(matches!(
+        store.read_entries("v-none", View::Current, 0).await,
+        Err(StoreError::VaultNotFound)
+    ));
+    assert!(matches!(
+        store.set_summary("v-none", "s").await,
+        Err(StoreError::VaultNotFound)
+    ));
+    vault(store, "v-one").await;
+    assert!(
+        store
+            .read_entries("v-one", View::Current, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut edit = append("v-one", "x");
+    edit.entry_no = Some(3);
+    assert!(matches!(
+        store.write_entry(edit).await,
+        Err(StoreError::EntryNotFound(3))
+    ));
+    assert!(matches!(
+        store
+            .create_vault(NewVault {
+                id: "v-one".into(),
+                summary: String::new(),
+                work_session: "a".into(),
+                creator: "c".into(),
+            })
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn entries_after_pages_in_seq_order(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let store = store.as_ref();
+    vault(store, "v-a").await;
+    vault(store, "v-b").await;
+    let mut a_seqs = Vec::new();
+    for i in 0..7 {
+        a_seqs.push(
+            store
+                .write_entry(append("v-a", &format!("a{i}")))
+                .await
+                .unwrap()
+                .seq,
+        );
+        store
+            .write_entry(append("v-b", &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let first = store.entries_after("v-a", 0, 3).await.unwrap();
+    assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), a_seqs[..3]);
+    let rest = store.entries_after("v-a", first[2].seq, 100).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), a_seqs[3..]);
+    assert!(
+        rest.iter().all(|e| e.content.starts_with('a')),
+        "only this vault's rows"
+    );
+    let v = store.vault("v-a").await.unwrap().unwrap();
+    assert_eq!(v.head_seq, *a_seqs.last().unwrap());
+    assert_eq!(v.writers, vec!["w".to_string()], "a writer is listed once");
+}
+
+async fn writes_are_announced_after_they_land(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let mut notices = store.notices();
+    vault(store.as_ref(), "v-n").await;
+    let receipt = store.write_entry(append("v-n", "x")).await.unwrap();
+    store.set_summary("v-n", "new").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+            .await
+            .expect("a notice")
+            .expect("open channel");
+        if n != Notice::Resync {
+            seen.push(n);
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            Notice::Entry {
+                vault_id: "v-n".into(),
+                seq: receipt.seq
+            },
+            Notice::Summary {
+                vault_id: "v-n".into()
+            },
+        ]
+    );
+    // What was announced is there to read.
+    let rows = store.entries_after("v-n", 0, 10).await.unwrap();
+    assert_eq!(rows[0].seq, receipt.seq);
+}
+
+async fn session_transitions_are_compare_and_set(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    store
+        .insert_session(&session("h1", SessionState::Pending))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .transition_session(
+                "h1",
+                SessionState::Pending,
+                SessionState::Granted,
+                Some("a-1")
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .transition_session("h1", SessionState::Pending, SessionState::Denied, None)
+            .await
+            .unwrap(),
+        "no longer pending"
+    );
+    let s = store.session("h1").await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.astation_id.as_deref()),
+        (SessionState::Granted, Some("a-1"))
+    );
+    assert!(store.revoke_session("h1").await.unwrap());
+    assert!(!store.revoke_session("h1").await.unwrap(), "revoked once");
+    assert!(!store.revoke_session("h-unknown").await.unwrap());
+}
+
+async fn wrong_codes_count_up_to_the_limit_then_deny(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    store
+        .insert_session(&session("h2", SessionState::Pending))
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        let s = store.record_failed_code("h2", 3).await.unwrap();
+        assert_eq!((s.failed_attempts, s.state), (n, SessionState::Pending));
+    }
+    let s = store.record_failed_code("h2", 3).await.unwrap();
+    assert_eq!((s.failed_attempts, s.state), (3, SessionState::Denied));
+    let s = store.record_failed_code("h2", 3).await.unwrap();
+    assert_eq!(s.failed_attempts, 3, "a denied session counts no more");
+}
+
+async fn tickets_work_once_and_expire(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    vault(store.as_ref(), "v-t").await;
+    let ticket = |hash: &str, secs: i64| StreamTicket {
+        ticket_hash: hash.into(),
+        vault_id: "v-t".into(),
+        session_hash: Some("s".into()),
+        link_hash: None,
+        client_id: "c".into(),
+        expires_at: Utc::now() + chrono::Duration::seconds(secs),
+    };
+    store.insert_ticket(&ticket("t-live", 30)).await.unwrap();
+    store.insert_ticket(&ticket("t-stale", -1)).await.unwrap();
+    let taken = store
+        .take_ticket("t-live")
+        .await
+        .unwrap()
+        .expect("the ticket");
+    assert_eq!(
+        (taken.vault_id.as_str(), taken.client_id.as_str()),
+        ("v-t", "c")
+    );
+    assert!(
+        store.take_ticket("t-live").await.unwrap().is_none(),
+        "single use"
+    );
+    assert!(
+        store.take_ticket("t-stale").await.unwrap().is_none(),
+        "expired"
+    );
+}
+
+async fn links_are_found_by_secret_hash_and_revoked_once(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    vault(store.as_ref(), "v-l").await;
+    let link = ReadLink {
+        link_id: "l-1".into(),
+        secret_hash: "secret-hash".into(),
+        vault_id: "v-l".into(),
+        created_by: "c".into(),
+        created_at: Utc::now(),
+        expires_at: Utc::now() + chrono::Duration::hours(1),
+        revoked: false,
+    };
+    store.insert_link(&link).await.unwrap();
+    assert_eq!(
+        store
+            .link_by_secret_hash("secret-hash")
+            .await
+            .unwrap()
+            .unwrap()
+            .link_id,
+        "l-1"
+    );
+    assert!(
+        !store.revoke_link("v-other", "l-1").await.unwrap(),
+        "only through its vault"
+    );
+    assert!(store.revoke_link("v-l", "l-1").await.unwrap());
+    assert!(!store.revoke_link("v-l", "l-1").await.unwrap());
+    assert!(store.links_for_vault("v-l").await.unwrap()[0].revoked);
+}
+
+async fn watchers_are_counted_and_withdrawn_with_their_replica(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let stale = Duration::from_secs(60);
+    store.heartbeat("r1", stale).await.unwrap();
+    store.heartbeat("r2", stale).await.unwrap();
+    for (replica, conn) in [("r1", 1), ("r1", 2), ("r2", 1)] {
+        store
+            .add_watcher(&WatcherRecord {
+                replica_id: replica.into(),
+                conn_id: conn,
+                vault_id: "v-w".into(),
+                atem_id: format!("{replica}-{conn}"),
+                client_id: "c".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let (listed, count) = store.watchers("v-w", 2).await.unwrap();
+    assert_eq!(count, 3);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|w| w.atem_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["r1-1", "r1-2"],
+        "oldest first, cut to the limit"
+    );
+    store.remove_watcher("r1", 2, "v-w").await.unwrap();
+    assert_eq!(store.watchers("v-w", 10).await.unwrap().1, 2);
+    store.forget_replica("r1").await.unwrap();
+    let (listed, count) = store.watchers("v-w", 10).await.unwrap();
+    assert_eq!(count, 1);
+    assert_eq!(listed[0].atem_id, "r2-1");
+}
+
+async fn removing_an_astation_revokes_its_sessions(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let a = Astation {
+        astation_id: "a-x".into(),
+        name: "x".into(),
+        created_at: vault_relay::store::now(),
+    };
+    store.create_astation(&a, "token-hash").await.unwrap();
+    assert_eq!(
+        store.astation_by_token_hash("token-hash").await.unwrap(),
+        Some(a.clone())
+    );
+    let mut s = session("h3", SessionState::Granted);
+    s.astation_id = Some("a-x".into());
+    store.insert_session(&s).await.unwrap();
+    store.delete_astation("a-x").await.unwrap();
+    assert_eq!(
+        store.session("h3").await.unwrap().unwrap().state,
+        SessionState::Revoked
+    );
+    assert!(
+        store
+            .astation_by_token_hash("token-hash")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store.delete_astation("a-x").await,
+        Err(StoreError::AstationNotFound)
+    ));
+}
