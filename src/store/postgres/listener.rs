@@ -18,8 +18,14 @@ use crate::store::Notice;
 /// Capacity of the per-process notice channel.
 pub const NOTICE_CAPACITY: usize = 8192;
 
-/// Spawns the listener task; the store aborts it when dropped.
-pub fn spawn(pool: PgPool, notices: broadcast::Sender<Notice>) -> tokio::task::AbortHandle {
+/// Spawns the listener task; the store aborts it when dropped. `ready`
+/// fires the first time LISTEN is active.
+pub fn spawn(
+    pool: PgPool,
+    notices: broadcast::Sender<Notice>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> tokio::task::AbortHandle {
+    let mut ready = Some(ready);
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -35,6 +41,9 @@ pub fn spawn(pool: PgPool, notices: broadcast::Sender<Notice>) -> tokio::task::A
             backoff = Duration::from_millis(100);
             tracing::debug!("LISTEN connection ready");
             let _ = notices.send(Notice::Resync);
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
             loop {
                 match listener.try_recv().await {
                     Ok(Some(n)) => match parse_notice(n.payload()) {

@@ -106,7 +106,17 @@ impl PgStore {
             .fetch_one(&pool)
             .await?;
         let (notices, _) = broadcast::channel(listener::NOTICE_CAPACITY);
-        let listener = listener::spawn(pool.clone(), notices.clone());
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let listener = listener::spawn(pool.clone(), notices.clone(), ready_tx);
+        // Serve only once we hear commits, so no write after start-up goes
+        // unannounced. If LISTEN is slow to come up, go on: the listener
+        // keeps trying and its resync covers whatever it missed.
+        if tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the LISTEN connection is not up yet; streams will catch up when it is");
+        }
         Ok(Self {
             pool,
             epoch,
