@@ -330,7 +330,7 @@ async fn presence_is_coalesced_when_many_watchers_join(backend: Backend) {
     // Watch for a while after the crowd arrived: a few frames, the last
     // one counting everybody, instead of one frame per join.
     let mut frames = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_millis(2500);
+    let deadline = std::time::Instant::now() + Duration::from_millis(3500);
     while let Ok(event) = tokio::time::timeout_at(deadline.into(), first.next_event()).await {
         match event {
             crate::helpers::StreamEvent::Frame(f) if f["type"] == "presence" => frames.push(f),
