@@ -246,6 +246,14 @@ async fn run(
     // Made once: the loop runs once per frame for every subscriber.
     let stopping = shutdown.wait();
     tokio::pin!(stopping);
+    // A link's stream ends when the link expires, to the moment.
+    let expiry = async {
+        match req.expires_at {
+            Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             event = sub.recv() => {
@@ -297,11 +305,9 @@ async fn run(
                 if last_heard.elapsed() > req.ping_every * 2 {
                     return Ok(End::Unresponsive);
                 }
-                if req.expires_at.is_some_and(|t| t <= Utc::now()) {
-                    return Ok(End::Revoked);
-                }
                 timed(req.send_timeout, sink.send(Message::Ping(Default::default()))).await?;
             }
+            _ = &mut expiry => return Ok(End::Revoked),
             _ = &mut stopping => return Ok(End::Shutdown),
         }
     }

@@ -216,10 +216,31 @@ async fn an_expired_link_stops_working(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
-    let (_, secret, _) = link(&app, &v, &s, json!({"expires_in_secs": 1})).await;
+    let (_, secret, _) = link(&app, &v, &s, json!({"expires_in_secs": 2})).await;
     let (status, _) = as_link(&app, Method::GET, &format!("/api/vault/{v}"), &secret, None).await;
     assert_eq!(status, StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let (_, ticket) = as_link(
+        &app,
+        Method::POST,
+        &format!("/api/vault/{v}/stream-ticket"),
+        &secret,
+        None,
+    )
+    .await;
+    let mut stream = app
+        .stream(
+            &v,
+            None,
+            "viewer",
+            &format!("ticket={}", ticket["ticket"].as_str().unwrap()),
+        )
+        .await
+        .expect("the link still works");
+    assert_eq!(stream.next_frame().await["type"], "hello");
+    // The open stream ends when the link expires, not at some later ping.
+    let started = std::time::Instant::now();
+    assert_eq!(stream.closed().await, Some(4001));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let (status, err) = as_link(&app, Method::GET, &format!("/api/vault/{v}"), &secret, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err["error"].as_str().unwrap().contains("expired"));
