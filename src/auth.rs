@@ -317,7 +317,13 @@ pub struct Pending {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Starts a pairing: a pending session with a one-time code.
+/// How long an unpaired (expired or denied) pairing is still reported by
+/// its status route before it is deleted.
+pub const UNPAIRED_KEPT_FOR: chrono::Duration = chrono::Duration::hours(1);
+
+/// Starts a pairing: a pending session with a one-time code. Pairings that
+/// ended unpaired more than [`UNPAIRED_KEPT_FOR`] ago are swept here, so
+/// anonymous pairing requests cannot pile up.
 pub async fn start_pairing(
     store: &dyn Store,
     hostname: &str,
@@ -329,6 +335,9 @@ pub async fn start_pairing(
     let expires_at = now
         + chrono::Duration::from_std(ttl)
             .map_err(|_| ApiError::Internal("pairing TTL out of range".into()))?;
+    store
+        .purge_unpaired_sessions(now - UNPAIRED_KEPT_FOR)
+        .await?;
     store
         .insert_session(&SessionRecord {
             id_hash: secrets::hash(&id),

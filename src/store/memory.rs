@@ -324,6 +324,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn purge_unpaired_sessions(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        self.lock().sessions.retain(|_, s| {
+            let unpaired = matches!(s.state, SessionState::Pending | SessionState::Denied);
+            !(unpaired && s.expires_at < before)
+        });
+        Ok(())
+    }
+
     async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
         Ok(self.lock().sessions.get(id_hash).cloned())
     }

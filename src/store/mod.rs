@@ -291,6 +291,9 @@ pub trait Store: Send + Sync + 'static {
 
     // Sessions.
     async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    /// Deletes sessions that never got granted (pending or denied) and
+    /// whose pairing ended before `before`.
+    async fn purge_unpaired_sessions(&self, before: DateTime<Utc>) -> StoreResult<()>;
     async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>>;
     /// Moves a session from `from` to `to` (binding `astation_id` when given);
     /// false when it was not in `from`.

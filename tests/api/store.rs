@@ -21,6 +21,7 @@ both_stores!(
     writes_are_announced_after_they_land,
     session_transitions_are_compare_and_set,
     wrong_codes_count_up_to_the_limit_then_deny,
+    only_long_ended_unpaired_sessions_are_purged,
     tickets_work_once_and_expire,
     links_are_found_by_secret_hash_and_revoked_once,
     watchers_are_counted_and_withdrawn_with_their_replica,
@@ -237,6 +238,32 @@ async fn wrong_codes_count_up_to_the_limit_then_deny(backend: Backend) {
     assert_eq!((s.failed_attempts, s.state), (3, SessionState::Denied));
     let s = store.record_failed_code("h2", 3).await.unwrap();
     assert_eq!(s.failed_attempts, 3, "a denied session counts no more");
+}
+
+async fn only_long_ended_unpaired_sessions_are_purged(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let two_hours_ago = Utc::now() - chrono::Duration::hours(2);
+    let mut old_pending = session("old-pending", SessionState::Pending);
+    old_pending.expires_at = two_hours_ago;
+    let mut old_denied = session("old-denied", SessionState::Denied);
+    old_denied.expires_at = two_hours_ago;
+    let mut old_granted = session("old-granted", SessionState::Granted);
+    old_granted.expires_at = two_hours_ago;
+    let fresh = session("fresh-pending", SessionState::Pending);
+    for s in [&old_pending, &old_denied, &old_granted, &fresh] {
+        store.insert_session(s).await.unwrap();
+    }
+    store
+        .purge_unpaired_sessions(Utc::now() - chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert!(store.session("old-pending").await.unwrap().is_none());
+    assert!(store.session("old-denied").await.unwrap().is_none());
+    assert!(
+        store.session("old-granted").await.unwrap().is_some(),
+        "granted sessions stay"
+    );
+    assert!(store.session("fresh-pending").await.unwrap().is_some());
 }
 
 async fn tickets_work_once_and_expire(backend: Backend) {

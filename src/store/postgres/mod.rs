@@ -468,6 +468,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn purge_unpaired_sessions(&self, before: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "delete from sessions where state in ('pending', 'denied') and expires_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
         let row = sqlx::query("select * from sessions where id_hash = $1")
             .bind(id_hash)
