@@ -107,8 +107,8 @@ pub struct Config {
     /// Bearer token for /api/admin; generated and printed once when unset.
     #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Origin allowed to call the API from another site's pages
-    /// (e.g. https://dash.example.com); unset allows none.
+    /// Origins allowed to call the API from another site's pages,
+    /// comma-separated (e.g. https://dash.example.com); unset allows none.
     #[arg(long, env = "CORS_ORIGIN")]
     pub cors_origin: Option<String>,
     /// The relay's public URL, used to build read-only links.

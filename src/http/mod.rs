@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderValue, Method, header};
 use axum::routing::any;
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::{method_not_allowed, route_not_found};
@@ -45,14 +45,30 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
                 .unwrap_or_else(|| "(static)".to_owned());
             tracing::info_span!("request", method = %req.method(), route)
         }));
-    let app = match cors_origin.and_then(|o| HeaderValue::from_str(o).ok()) {
-        Some(origin) => app.layer(
+    // CORS_ORIGIN may list several origins, comma-separated; a request from
+    // any other origin gets no CORS headers at all.
+    let origins: Vec<HeaderValue> = cors_origin
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = o, "ignoring an unusable CORS_ORIGIN entry");
+                None
+            }
+        })
+        .collect();
+    let app = if origins.is_empty() {
+        app
+    } else {
+        app.layer(
             CorsLayer::new()
-                .allow_origin(origin)
+                .allow_origin(AllowOrigin::list(origins))
                 .allow_methods([Method::GET, Method::POST, Method::DELETE])
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
-        ),
-        None => app,
+        )
     };
     app.with_state(state)
 }

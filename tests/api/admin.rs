@@ -113,3 +113,62 @@ async fn health_names_the_backend(backend: Backend) {
     };
     assert_eq!(body, json!({"status": "ok", "backend": want}));
 }
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origin() {
+    let app = TestApp::spawn_with(Backend::Memory, |c| {
+        c.cors_origin = Some("https://dash.example.com".into());
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(Method::OPTIONS, format!("{}/api/vault", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://dash.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://dash.example.com"
+    );
+    let allowed_headers = allowed.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn links_point_at_the_public_base_url() {
+    let app = TestApp::spawn_with(Backend::Memory, |c| {
+        c.public_base_url = Some("https://relay.example.com/".into());
+    })
+    .await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let (status, link) = app
+        .vault_call(
+            Method::POST,
+            &format!("/api/vault/{v}/links"),
+            &s,
+            "c",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("https://relay.example.com/#vault={v}&link=lk-")),
+        "{url}"
+    );
+}
