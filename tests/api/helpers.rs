@@ -560,3 +560,30 @@ impl TestApp {
         .await
     }
 }
+
+impl TestApp {
+    /// `DELETE /api/sessions/{id}` with the given Authorization value.
+    pub async fn revoke_session(&self, id: &str, auth: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::DELETE,
+            &format!("/api/sessions/{id}"),
+            Some(auth),
+            None,
+        )
+        .await
+    }
+
+    /// Starts a pairing: the pending session's JSON (`id`, `otp`, ...).
+    pub async fn pair(&self) -> Value {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/sessions",
+                None,
+                Some(json!({"hostname": "laptop"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}

@@ -56,6 +56,29 @@ async fn as_link(
     .await
 }
 
+/// Opens a vault's stream the way the viewer does with a link: a ticket
+/// from the link, then the stream with that ticket and `query`.
+async fn link_stream(
+    app: &TestApp,
+    vault: &str,
+    secret: &str,
+    query: &str,
+) -> crate::helpers::StreamClient {
+    let (status, ticket) = as_link(
+        app,
+        Method::POST,
+        &format!("/api/vault/{vault}/stream-ticket"),
+        secret,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{ticket}");
+    let ticket = ticket["ticket"].as_str().unwrap();
+    app.stream(vault, None, "viewer", &format!("ticket={ticket}{query}"))
+        .await
+        .expect("a link's ticket opens the stream")
+}
+
 async fn a_link_reads_one_vault_and_nothing_else(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, s) = app.work_session("home").await;
@@ -219,23 +242,7 @@ async fn an_expired_link_stops_working(backend: Backend) {
     let (_, secret, _) = link(&app, &v, &s, json!({"expires_in_secs": 2})).await;
     let (status, _) = as_link(&app, Method::GET, &format!("/api/vault/{v}"), &secret, None).await;
     assert_eq!(status, StatusCode::OK);
-    let (_, ticket) = as_link(
-        &app,
-        Method::POST,
-        &format!("/api/vault/{v}/stream-ticket"),
-        &secret,
-        None,
-    )
-    .await;
-    let mut stream = app
-        .stream(
-            &v,
-            None,
-            "viewer",
-            &format!("ticket={}", ticket["ticket"].as_str().unwrap()),
-        )
-        .await
-        .expect("the link still works");
+    let mut stream = link_stream(&app, &v, &secret, "").await;
     assert_eq!(stream.next_frame().await["type"], "hello");
     // The open stream ends when the link expires, not at some later ping.
     let started = std::time::Instant::now();
@@ -251,24 +258,7 @@ async fn a_link_streams_through_a_ticket_until_revoked(backend: Backend) {
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
     let (id, secret, _) = link(&app, &v, &s, json!({})).await;
-    let (status, ticket) = as_link(
-        &app,
-        Method::POST,
-        &format!("/api/vault/{v}/stream-ticket"),
-        &secret,
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let mut stream = app
-        .stream(
-            &v,
-            None,
-            "viewer",
-            &format!("ticket={}&since=0", ticket["ticket"].as_str().unwrap()),
-        )
-        .await
-        .expect("a link's ticket opens the stream");
+    let mut stream = link_stream(&app, &v, &secret, "&since=0").await;
     assert_eq!(stream.next_frame().await["type"], "hello");
     let r = app.write(&v, &s, "c", "live", None).await;
     assert_eq!(stream.next_of("entry").await["seq"], r["seq"]);

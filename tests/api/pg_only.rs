@@ -270,13 +270,7 @@ async fn two_relays_on_one_database_are_one_service() {
     ids.sort();
     assert_eq!(ids, vec!["a-host", "b-host", "c-host"]);
     // Revoking through one replica closes the stream on the other.
-    a.call(
-        Method::DELETE,
-        &format!("/api/sessions/{s}"),
-        Some(&format!("session {s}")),
-        None,
-    )
-    .await;
+    a.revoke_session(&s, &format!("session {s}")).await;
     assert_eq!(on_b.closed().await, Some(4001));
 }
 
@@ -393,14 +387,7 @@ async fn the_astation_subcommands_manage_astations_in_the_database() {
 async fn the_session_grant_subcommand_grants_a_pairing() {
     let app = TestApp::spawn(Backend::Postgres).await;
     let (_, token) = app.astation("desk").await;
-    let (_, p) = app
-        .call(
-            Method::POST,
-            "/api/sessions",
-            None,
-            Some(json!({"hostname": "h"})),
-        )
-        .await;
+    let p = app.pair().await;
     let (id, otp) = (p["id"].as_str().unwrap(), p["otp"].as_str().unwrap());
     let args = ["session", "grant", id, otp, "--relay-url", &app.base].map(str::to_string);
     let out = tokio::task::spawn_blocking(move || {

@@ -17,19 +17,6 @@ both_stores!(
     unknown_sessions_and_bad_tokens_are_refused,
 );
 
-async fn pending(app: &TestApp) -> Value {
-    let (status, body) = app
-        .call(
-            Method::POST,
-            "/api/sessions",
-            None,
-            Some(json!({"hostname": "laptop"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
 async fn status_of(app: &TestApp, id: &str) -> String {
     let (status, body) = app
         .call(
@@ -62,7 +49,7 @@ async fn vault_list_status(app: &TestApp, session: &str) -> (StatusCode, Value) 
 async fn pairing_with_the_right_code_grants_a_session_bound_to_the_astation(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (astation_id, token) = app.astation("desk").await;
-    let p = pending(&app).await;
+    let p = app.pair().await;
     assert_eq!(p["status"], "pending");
     let id = p["id"].as_str().unwrap();
     let otp = p["otp"].as_str().unwrap();
@@ -100,7 +87,7 @@ async fn pairing_with_the_right_code_grants_a_session_bound_to_the_astation(back
 async fn a_wrong_code_is_403_and_five_deny_the_session(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, token) = app.astation("desk").await;
-    let p = pending(&app).await;
+    let p = app.pair().await;
     let id = p["id"].as_str().unwrap();
     let otp = p["otp"].as_str().unwrap();
     let wrong = if otp == "00000000" {
@@ -131,7 +118,7 @@ async fn a_wrong_code_is_403_and_five_deny_the_session(backend: Backend) {
 async fn an_expired_pairing_cannot_be_granted(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| c.pairing_ttl_secs = 1).await;
     let (_, token) = app.astation("desk").await;
-    let p = pending(&app).await;
+    let p = app.pair().await;
     let id = p["id"].as_str().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(status_of(&app, id).await, "expired");
@@ -146,7 +133,7 @@ async fn an_expired_pairing_cannot_be_granted(backend: Backend) {
 async fn a_denied_session_cannot_be_used(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, token) = app.astation("desk").await;
-    let p = pending(&app).await;
+    let p = app.pair().await;
     let id = p["id"].as_str().unwrap();
     let (status, body) = app
         .call(
@@ -165,7 +152,7 @@ async fn a_denied_session_cannot_be_used(backend: Backend) {
     let (status, _) = grant(&app, id, p["otp"].as_str().unwrap(), &token).await;
     assert_eq!(status, StatusCode::CONFLICT);
     // Deny needs an astation token.
-    let p2 = pending(&app).await;
+    let p2 = app.pair().await;
     let (status, _) = app
         .call(
             Method::POST,
@@ -183,23 +170,9 @@ async fn a_session_can_revoke_itself(backend: Backend) {
     let other = app.session(&token).await;
     assert_eq!(vault_list_status(&app, &s).await.0, StatusCode::OK);
     // Another session cannot revoke it.
-    let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/sessions/{s}"),
-            Some(&format!("session {other}")),
-            None,
-        )
-        .await;
+    let (status, _) = app.revoke_session(&s, &format!("session {other}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/sessions/{s}"),
-            Some(&format!("session {s}")),
-            None,
-        )
-        .await;
+    let (status, body) = app.revoke_session(&s, &format!("session {s}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({}));
     let (status, err) = vault_list_status(&app, &s).await;
@@ -218,23 +191,11 @@ async fn an_astation_revokes_only_its_own_sessions(backend: Backend) {
     let (_, token, s) = app.work_session("desk").await;
     let (_, other_token) = app.astation("elsewhere").await;
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/sessions/{s}"),
-            Some(&format!("Bearer {other_token}")),
-            None,
-        )
+        .revoke_session(&s, &format!("Bearer {other_token}"))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(vault_list_status(&app, &s).await.0, StatusCode::OK);
-    let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/sessions/{s}"),
-            Some(&format!("Bearer {token}")),
-            None,
-        )
-        .await;
+    let (status, _) = app.revoke_session(&s, &format!("Bearer {token}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         vault_list_status(&app, &s).await.0,
@@ -310,7 +271,7 @@ async fn unknown_sessions_and_bad_tokens_are_refused(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let p = pending(&app).await;
+    let p = app.pair().await;
     let (status, _) = grant(
         &app,
         p["id"].as_str().unwrap(),

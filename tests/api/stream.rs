@@ -361,14 +361,7 @@ async fn revoking_the_session_closes_its_streams(backend: Backend) {
     let mut survivor = app.open_stream(&v, &other, "w2", "").await;
     doomed.next_frame().await;
     survivor.next_frame().await;
-    let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/sessions/{s}"),
-            Some(&format!("session {s}")),
-            None,
-        )
-        .await;
+    let (status, _) = app.revoke_session(&s, &format!("session {s}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doomed.closed().await, Some(4001));
     let r = app.write(&v, &other, "c", "still here", None).await;
