@@ -27,11 +27,6 @@ impl Shutdown {
         self.tx.send_replace(true);
     }
 
-    /// True once fired.
-    pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
-    }
-
     /// Resolves when the signal fires (at once if it already has).
     pub async fn wait(&self) {
         let mut rx = self.tx.subscribe();

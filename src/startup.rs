@@ -118,11 +118,6 @@ impl Application {
         self.state.shutdown.clone()
     }
 
-    /// The store behind this relay.
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.state.store.clone()
-    }
-
     /// Serves until the shutdown signal, then stops accepting, closes streams
     /// with 1001 and gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

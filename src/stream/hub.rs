@@ -297,11 +297,6 @@ impl Subscription {
             Err(TryRecvError::Empty) => None,
         }
     }
-
-    /// This subscriber's id within the process.
-    pub fn conn_id(&self) -> i64 {
-        self.conn_id
-    }
 }
 
 impl Drop for Subscription {

@@ -573,6 +573,22 @@ impl TestApp {
         .await
     }
 
+    /// `GET /api/sessions/{id}/status`: the status, checking the body is
+    /// exactly `{"status"}`.
+    pub async fn session_status(&self, id: &str) -> String {
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/api/sessions/{id}/status"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+        body["status"].as_str().expect("a status").to_string()
+    }
+
     /// Starts a pairing: the pending session's JSON (`id`, `otp`, ...).
     pub async fn pair(&self) -> Value {
         let (status, body) = self

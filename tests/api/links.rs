@@ -56,6 +56,24 @@ async fn as_link(
     .await
 }
 
+/// `DELETE /api/vault/{vault}/links/{id}` as `session` acting as `client`.
+async fn revoke(
+    app: &TestApp,
+    vault: &str,
+    id: &str,
+    session: &str,
+    client: &str,
+) -> (StatusCode, Value) {
+    app.vault_call(
+        Method::DELETE,
+        &format!("/api/vault/{vault}/links/{id}"),
+        session,
+        client,
+        None,
+    )
+    .await
+}
+
 /// Opens a vault's stream the way the viewer does with a link: a ticket
 /// from the link, then the stream with that ticket and `query`.
 async fn link_stream(
@@ -179,38 +197,14 @@ async fn links_are_listed_and_revoked_by_readers_only(backend: Backend) {
         "secrets are never listed"
     );
 
-    let (status, _) = app
-        .vault_call(
-            Method::DELETE,
-            &format!("/api/vault/{v}/links/{id}"),
-            &away,
-            "stranger",
-            None,
-        )
-        .await;
+    let (status, _) = revoke(&app, &v, &id, &away, "stranger").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = app
-        .vault_call(
-            Method::DELETE,
-            &format!("/api/vault/{v}/links/{id}"),
-            &s,
-            "c",
-            None,
-        )
-        .await;
+    let (status, body) = revoke(&app, &v, &id, &s, "c").await;
     assert_eq!((status, body), (StatusCode::OK, json!({})));
     let (status, err) = as_link(&app, Method::GET, &format!("/api/vault/{v}"), &secret, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err["error"].as_str().unwrap().contains("revoked"));
-    let (status, _) = app
-        .vault_call(
-            Method::DELETE,
-            &format!("/api/vault/{v}/links/{id}"),
-            &s,
-            "c",
-            None,
-        )
-        .await;
+    let (status, _) = revoke(&app, &v, &id, &s, "c").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "already revoked");
     let (_, list) = app
         .vault_call(Method::GET, &format!("/api/vault/{v}/links"), &s, "c", None)
@@ -262,13 +256,6 @@ async fn a_link_streams_through_a_ticket_until_revoked(backend: Backend) {
     assert_eq!(stream.next_frame().await["type"], "hello");
     let r = app.write(&v, &s, "c", "live", None).await;
     assert_eq!(stream.next_of("entry").await["seq"], r["seq"]);
-    app.vault_call(
-        Method::DELETE,
-        &format!("/api/vault/{v}/links/{id}"),
-        &s,
-        "c",
-        None,
-    )
-    .await;
+    revoke(&app, &v, &id, &s, "c").await;
     assert_eq!(stream.closed().await, Some(4001));
 }

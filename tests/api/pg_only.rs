@@ -405,15 +405,7 @@ async fn the_session_grant_subcommand_grants_a_pairing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("granted"));
-    let (_, status) = app
-        .call(
-            Method::GET,
-            &format!("/api/sessions/{id}/status"),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status["status"], "granted");
+    assert_eq!(app.session_status(id).await, "granted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,20 +17,6 @@ both_stores!(
     unknown_sessions_and_bad_tokens_are_refused,
 );
 
-async fn status_of(app: &TestApp, id: &str) -> String {
-    let (status, body) = app
-        .call(
-            Method::GET,
-            &format!("/api/sessions/{id}/status"),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
-    body["status"].as_str().unwrap().to_string()
-}
-
 async fn grant(app: &TestApp, id: &str, otp: &str, token: &str) -> (StatusCode, Value) {
     app.call(
         Method::POST,
@@ -59,7 +45,7 @@ async fn pairing_with_the_right_code_grants_a_session_bound_to_the_astation(back
         "{otp}"
     );
     chrono::DateTime::parse_from_rfc3339(p["expires_at"].as_str().unwrap()).unwrap();
-    assert_eq!(status_of(&app, id).await, "pending");
+    assert_eq!(app.session_status(id).await, "pending");
 
     let (status, err) = vault_list_status(&app, id).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -71,7 +57,7 @@ async fn pairing_with_the_right_code_grants_a_session_bound_to_the_astation(back
         body,
         json!({"status": "granted", "astation_id": astation_id})
     );
-    assert_eq!(status_of(&app, id).await, "granted");
+    assert_eq!(app.session_status(id).await, "granted");
 
     // The session's work session is the astation: a vault made with it is
     // visible to another session of the same astation.
@@ -101,12 +87,12 @@ async fn a_wrong_code_is_403_and_five_deny_the_session(backend: Backend) {
         let text = err["error"].as_str().unwrap();
         if left > 0 {
             assert!(text.contains(&format!("{left} attempt")), "{text}");
-            assert_eq!(status_of(&app, id).await, "pending");
+            assert_eq!(app.session_status(id).await, "pending");
         } else {
             assert!(text.contains("denied"), "{text}");
         }
     }
-    assert_eq!(status_of(&app, id).await, "denied");
+    assert_eq!(app.session_status(id).await, "denied");
     let (status, _) = grant(&app, id, otp, &token).await;
     assert_eq!(status, StatusCode::CONFLICT, "the right code is too late");
     assert_eq!(
@@ -121,7 +107,7 @@ async fn an_expired_pairing_cannot_be_granted(backend: Backend) {
     let p = app.pair().await;
     let id = p["id"].as_str().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(status_of(&app, id).await, "expired");
+    assert_eq!(app.session_status(id).await, "expired");
     let (status, err) = grant(&app, id, p["otp"].as_str().unwrap(), &token).await;
     assert_eq!(status, StatusCode::GONE, "{err}");
     assert!(err["error"].as_str().unwrap().contains("expired"));
@@ -145,7 +131,7 @@ async fn a_denied_session_cannot_be_used(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "denied"}));
-    assert_eq!(status_of(&app, id).await, "denied");
+    assert_eq!(app.session_status(id).await, "denied");
     let (status, err) = vault_list_status(&app, id).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err["error"].as_str().unwrap().contains("denied"));
@@ -178,7 +164,7 @@ async fn a_session_can_revoke_itself(backend: Backend) {
     let (status, err) = vault_list_status(&app, &s).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err["error"].as_str().unwrap().contains("revoked"), "{err}");
-    assert_eq!(status_of(&app, &s).await, "revoked");
+    assert_eq!(app.session_status(&s).await, "revoked");
     assert_eq!(
         vault_list_status(&app, &other).await.0,
         StatusCode::OK,
@@ -229,7 +215,7 @@ async fn removing_an_astation_revokes_its_sessions_and_its_token(backend: Backen
     let (status, err) = vault_list_status(&app, &s).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err["error"].as_str().unwrap().contains("revoked"));
-    assert_eq!(status_of(&app, &s).await, "revoked");
+    assert_eq!(app.session_status(&s).await, "revoked");
     let (status, _) = app
         .call(
             Method::POST,
@@ -280,7 +266,10 @@ async fn unknown_sessions_and_bad_tokens_are_refused(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(status_of(&app, p["id"].as_str().unwrap()).await, "pending");
+    assert_eq!(
+        app.session_status(p["id"].as_str().unwrap()).await,
+        "pending"
+    );
     let (_, token) = app.astation("desk").await;
     let (status, _) = grant(&app, "s-nope", "12345678", &token).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

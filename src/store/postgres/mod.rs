@@ -125,11 +125,6 @@ impl PgStore {
         })
     }
 
-    /// The pool, for tests and tools that need the raw database.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn notify(
         tx: &mut Transaction<'_, Postgres>,
         payload: serde_json::Value,
