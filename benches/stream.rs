@@ -794,15 +794,15 @@ impl Relay {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let RelayProcess::Child(c) = &mut relay.process {
-                if let Some(status) = c.0.try_wait()? {
-                    return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
-                }
+            if let RelayProcess::Child(c) = &mut relay.process
+                && let Some(status) = c.0.try_wait()?
+            {
+                return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
             }
-            if let Ok(r) = http.get(&health).send().await {
-                if r.status().is_success() {
-                    return Ok(relay);
-                }
+            if let Ok(r) = http.get(&health).send().await
+                && r.status().is_success()
+            {
+                return Ok(relay);
             }
             if Instant::now() > deadline {
                 return Err(format!("{RELAY_BIN} did not answer {health} within 60 s").into());
@@ -1055,7 +1055,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

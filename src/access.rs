@@ -50,10 +50,9 @@ pub async fn vault_for(
     if let Principal::Link {
         vault_id: linked, ..
     } = &caller.principal
+        && linked != vault_id
     {
-        if linked != vault_id {
-            return Err(ApiError::NotFound("no such vault".into()));
-        }
+        return Err(ApiError::NotFound("no such vault".into()));
     }
     if !crate::secrets::is_plain_id(vault_id) {
         return Err(ApiError::NotFound("no such vault".into()));

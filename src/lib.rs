@@ -2,8 +2,8 @@
 //! coding agents (atems), grants access through astation-approved sessions,
 //! and pushes new entries live over WebSockets.
 //!
-//! A request travels one way: HTTP edge ([`http`]) → rules ([`auth`],
-//! [`access`]) → [`store`]. Live streams ([`stream`]) are fed by the store's
+//! A request travels one way: HTTP edge ([`http`]) → operations ([`vaults`])
+//! and rules ([`auth`], [`access`]) → [`store`]. Live streams ([`stream`]) are fed by the store's
 //! commit notices, never by the handlers.
 //!
 //! - [`config`]: every setting, from flags or the environment.
@@ -13,6 +13,8 @@
 //! - [`error`]: the API error type and its JSON body.
 //! - [`secrets`]: random identifiers, tokens and their hashes.
 //! - [`identity`]: atem id sanitizing.
+//! - [`vaults`]: the vault operations every transport shares (rules, access,
+//!   store call).
 //! - [`cli`]: the operator subcommands (`astation`, `session`, `watch`).
 
 pub mod access;
@@ -28,3 +30,4 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod vaults;

@@ -1,5 +1,6 @@
 //! The five vault routes (their shapes are fixed by deployed clients) and
-//! the viewer's vault info.
+//! the viewer's vault info. The operations themselves live in
+//! [`crate::vaults`], shared with the other transports.
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -10,9 +11,9 @@ use serde_json::{Value, json};
 use crate::access::{self, Action};
 use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::secrets;
 use crate::state::AppState;
-use crate::store::{Entry, NewEntry, NewVault, View, WriteReceipt};
+use crate::store::{Entry, View, WriteReceipt};
+use crate::vaults;
 
 /// Routes under `/api/vault`.
 pub fn router() -> Router<AppState> {
@@ -46,22 +47,6 @@ struct ReadQuery {
     history: Option<String>,
 }
 
-/// Checks a text field against the NUL rule and the size limit.
-pub fn validate_text(field: &str, text: &str, max_bytes: usize) -> Result<(), ApiError> {
-    if text.contains('\0') {
-        return Err(ApiError::bad_request(format!(
-            "`{field}` contains a NUL character, which cannot be stored"
-        )));
-    }
-    if text.len() > max_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "`{field}` is {} bytes; the limit is {max_bytes} bytes",
-            text.len()
-        )));
-    }
-    Ok(())
-}
-
 /// Parses a `since` cursor: a non-negative integer.
 pub fn parse_since(raw: Option<&str>) -> Result<i64, ApiError> {
     let Some(raw) = raw else { return Ok(0) };
@@ -84,55 +69,17 @@ fn parse_history(raw: Option<&str>) -> Result<View, ApiError> {
     }
 }
 
-fn work_session(caller: &Caller) -> Result<&str, ApiError> {
-    match &caller.principal {
-        Principal::Session { work_session, .. } => Ok(work_session),
-        Principal::Link { .. } => Err(ApiError::Forbidden(
-            "a read-only link cannot create vaults".into(),
-        )),
-    }
-}
-
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let work_session = work_session(&caller)?.to_string();
-    validate_text("summary", &body.summary, state.settings.max_entry_bytes)?;
-    let vault = state
-        .store
-        .create_vault(NewVault {
-            id: secrets::vault_id(),
-            summary: body.summary,
-            work_session,
-            creator: caller.client_id,
-        })
-        .await?;
+    let vault = vaults::create(&state, &caller, body.summary).await?;
     Ok(Json(json!({ "vault_id": vault.id })))
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    let items = match &caller.principal {
-        Principal::Session { work_session, .. } => {
-            state
-                .store
-                .list_vaults(work_session, &caller.client_id)
-                .await?
-        }
-        // A link sees exactly its one vault.
-        Principal::Link { vault_id, .. } => state
-            .store
-            .vault(vault_id)
-            .await?
-            .map(|v| crate::store::VaultListItem {
-                vault_id: v.id,
-                summary: v.summary,
-            })
-            .into_iter()
-            .collect(),
-    };
-    Ok(Json(json!(items)))
+    Ok(Json(json!(vaults::list(&state, &caller).await?)))
 }
 
 async fn read(
@@ -143,9 +90,8 @@ async fn read(
 ) -> Result<Json<Vec<Entry>>, ApiError> {
     let since = parse_since(q.since.as_deref())?;
     let view = parse_history(q.history.as_deref())?;
-    access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
     Ok(Json(
-        state.store.read_entries(&vault_id, view, since).await?,
+        vaults::read(&state, &caller, &vault_id, view, since).await?,
     ))
 }
 
@@ -155,24 +101,7 @@ async fn write(
     ApiPath(vault_id): ApiPath<String>,
     ApiJson(body): ApiJson<WriteBody>,
 ) -> Result<Json<WriteReceipt>, ApiError> {
-    if let Some(n) = body.entry_id {
-        if n < 1 {
-            return Err(ApiError::bad_request(format!(
-                "`entry_id` must be 1 or more (entries are numbered from e1), not {n}"
-            )));
-        }
-    }
-    validate_text("text", &body.text, state.settings.max_entry_bytes)?;
-    access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Write).await?;
-    let receipt = state
-        .store
-        .write_entry(NewEntry {
-            vault_id,
-            entry_no: body.entry_id,
-            writer_id: caller.client_id,
-            content: body.text,
-        })
-        .await?;
+    let receipt = vaults::write(&state, &caller, &vault_id, body.text, body.entry_id).await?;
     Ok(Json(receipt))
 }
 
@@ -182,9 +111,7 @@ async fn set_summary(
     ApiPath(vault_id): ApiPath<String>,
     ApiJson(body): ApiJson<SummaryBody>,
 ) -> Result<Json<Value>, ApiError> {
-    validate_text("text", &body.text, state.settings.max_entry_bytes)?;
-    access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::SetSummary).await?;
-    state.store.set_summary(&vault_id, &body.text).await?;
+    vaults::set_summary(&state, &caller, &vault_id, &body.text).await?;
     Ok(Json(json!({})))
 }
 
@@ -218,18 +145,5 @@ mod tests {
         for bad in ["-1", "abc", "", "1.5", "+3", "99999999999999999999"] {
             assert!(parse_since(Some(bad)).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn text_rules_are_nul_and_size() {
-        assert!(validate_text("text", "fine", 10).is_ok());
-        assert!(matches!(
-            validate_text("text", "a\0b", 10),
-            Err(ApiError::BadRequest(_))
-        ));
-        assert!(matches!(
-            validate_text("text", "elevenbytes", 10),
-            Err(ApiError::TooLarge(_))
-        ));
     }
 }

@@ -226,17 +226,17 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // A test that failed half-way still has a session: end it with a
         // plain request so chromedriver makes Chromium quit.
-        if let Some(session) = self.session.take() {
-            if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = write!(
-                    conn,
-                    "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    self.port
-                );
-                let mut sink = Vec::new();
-                let _ = conn.read_to_end(&mut sink);
-            }
+        if let Some(session) = self.session.take()
+            && let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port))
+        {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                conn,
+                "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.port
+            );
+            let mut sink = Vec::new();
+            let _ = conn.read_to_end(&mut sink);
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();

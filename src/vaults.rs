@@ -1,0 +1,157 @@
+//! The vault operations every transport shares (REST today, MCP and the
+//! other front doors as they come): input rules, the access check and the
+//! store call, in that order. Transports only parse their own wire format
+//! and shape the reply, so a rule added here holds everywhere at once.
+
+use crate::access::{self, Action};
+use crate::auth::{Caller, Principal};
+use crate::error::ApiError;
+use crate::secrets;
+use crate::state::AppState;
+use crate::store::{Entry, NewEntry, NewVault, Vault, VaultListItem, View, WriteReceipt};
+
+/// Checks a text field against the NUL rule and the size limit.
+pub fn validate_text(field: &str, text: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` contains a NUL character, which cannot be stored"
+        )));
+    }
+    if text.len() > max_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "`{field}` is {} bytes; the limit is {max_bytes} bytes",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an `entry_id`: entries are numbered from 1.
+pub fn validate_entry_id(entry_id: Option<i64>) -> Result<(), ApiError> {
+    match entry_id {
+        Some(n) if n < 1 => Err(ApiError::bad_request(format!(
+            "`entry_id` must be 1 or more (entries are numbered from e1), not {n}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The caller's work session, for operations only sessions may do.
+fn work_session(caller: &Caller) -> Result<&str, ApiError> {
+    match &caller.principal {
+        Principal::Session { work_session, .. } => Ok(work_session),
+        Principal::Link { .. } => Err(ApiError::Forbidden(
+            "a read-only link cannot create vaults".into(),
+        )),
+    }
+}
+
+/// Creates a vault in the caller's work session.
+pub async fn create(state: &AppState, caller: &Caller, summary: String) -> Result<Vault, ApiError> {
+    let work_session = work_session(caller)?.to_string();
+    validate_text("summary", &summary, state.settings.max_entry_bytes)?;
+    Ok(state
+        .store
+        .create_vault(NewVault {
+            id: secrets::vault_id(),
+            summary,
+            work_session,
+            creator: caller.client_id.clone(),
+        })
+        .await?)
+}
+
+/// The vaults the caller can list: its work session's and those its client
+/// id wrote to (a link sees exactly its one vault).
+pub async fn list(state: &AppState, caller: &Caller) -> Result<Vec<VaultListItem>, ApiError> {
+    Ok(match &caller.principal {
+        Principal::Session { work_session, .. } => {
+            state
+                .store
+                .list_vaults(work_session, &caller.client_id)
+                .await?
+        }
+        Principal::Link { vault_id, .. } => state
+            .store
+            .vault(vault_id)
+            .await?
+            .map(|v| VaultListItem {
+                vault_id: v.id,
+                summary: v.summary,
+            })
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// Reads a vault's rows with `seq > since` in the chosen view.
+pub async fn read(
+    state: &AppState,
+    caller: &Caller,
+    vault_id: &str,
+    view: View,
+    since: i64,
+) -> Result<Vec<Entry>, ApiError> {
+    access::vault_for(state.store.as_ref(), caller, vault_id, Action::Read).await?;
+    Ok(state.store.read_entries(vault_id, view, since).await?)
+}
+
+/// Appends (no `entry_id`) or edits entry `entry_id`.
+pub async fn write(
+    state: &AppState,
+    caller: &Caller,
+    vault_id: &str,
+    text: String,
+    entry_id: Option<i64>,
+) -> Result<WriteReceipt, ApiError> {
+    validate_entry_id(entry_id)?;
+    validate_text("text", &text, state.settings.max_entry_bytes)?;
+    access::vault_for(state.store.as_ref(), caller, vault_id, Action::Write).await?;
+    Ok(state
+        .store
+        .write_entry(NewEntry {
+            vault_id: vault_id.to_string(),
+            entry_no: entry_id,
+            writer_id: caller.client_id.clone(),
+            content: text,
+        })
+        .await?)
+}
+
+/// Replaces the vault's one-line summary.
+pub async fn set_summary(
+    state: &AppState,
+    caller: &Caller,
+    vault_id: &str,
+    text: &str,
+) -> Result<(), ApiError> {
+    validate_text("text", text, state.settings.max_entry_bytes)?;
+    access::vault_for(state.store.as_ref(), caller, vault_id, Action::SetSummary).await?;
+    Ok(state.store.set_summary(vault_id, text).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_rules_are_nul_and_size() {
+        assert!(validate_text("text", "fine", 10).is_ok());
+        assert!(matches!(
+            validate_text("text", "a\0b", 10),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            validate_text("text", "elevenbytes", 10),
+            Err(ApiError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn entry_ids_start_at_one() {
+        assert!(validate_entry_id(None).is_ok());
+        assert!(validate_entry_id(Some(1)).is_ok());
+        assert!(validate_entry_id(Some(0)).is_err());
+        assert!(validate_entry_id(Some(-3)).is_err());
+    }
+}
