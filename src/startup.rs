@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 use crate::http;
@@ -20,6 +20,26 @@ use crate::stream::Hub;
 
 /// How long in-flight requests get to finish after the signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Connections the kernel queues for `accept` (it caps this at
+/// `net.core.somaxconn`). The default of 128 overflows when thousands of
+/// streams reconnect at once, and each overflowed connect then waits a
+/// second for the client's SYN retry.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with a [`LISTEN_BACKLOG`]-deep accept queue.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std's bind does: a restarted relay can take its port back while
+    // the old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +120,7 @@ impl Application {
         let web_dir = http::web::locate(config.web_dir.as_deref());
         let router = http::router(state.clone(), web_dir, config.cors_origin.as_deref());
         // Bind before returning so port 0 resolves to a real port.
-        let listener = TcpListener::bind(SocketAddr::new(config.bind_addr, config.port)).await?;
+        let listener = listen(SocketAddr::new(config.bind_addr, config.port))?;
         Ok(Self {
             listener,
             router,
@@ -119,7 +139,8 @@ impl Application {
     }
 
     /// Serves until the shutdown signal, then stops accepting, closes streams
-    /// with 1001 and gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
+    /// with 1001 and gives in-flight requests and streams [`SHUTDOWN_GRACE`]
+    /// to finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = self.state.shutdown.clone();
         let addr = self.listener.local_addr()?;
@@ -133,12 +154,20 @@ impl Application {
             let s = shutdown.clone();
             async move { s.wait().await }
         });
+        let finished = async {
+            server.await?;
+            // Upgraded streams are no longer connections as far as the
+            // server knows: wait for each to send its close frame, or the
+            // process could exit in the middle of one.
+            shutdown.drained().await;
+            Ok::<_, std::io::Error>(())
+        };
         let deadline = async {
             shutdown.wait().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         tokio::select! {
-            result = server => result?,
+            result = finished => result?,
             _ = deadline => tracing::warn!("shutdown grace period over; dropping remaining connections"),
         }
         tracing::info!("vault-relay stopped");

@@ -119,6 +119,8 @@ async fn stream(
     };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
+    // Shutdown waits for this stream's close frame before the process exits.
+    let guard = shutdown.track();
     // Clients only send pongs and closes, so a small read buffer keeps an
     // idle subscriber cheap; the write buffer holds one burst of frames,
     // flushed together (large frames are fragmented to fit it).
@@ -127,8 +129,9 @@ async fn stream(
         .write_buffer_size(8 * 1024)
         .max_message_size(Some(64 * 1024))
         .max_frame_size(Some(64 * 1024));
-    Ok(upgrade.on_upgrade(config, move |socket| {
-        socket::serve(socket, hub, req, shutdown)
+    Ok(upgrade.on_upgrade(config, move |socket| async move {
+        socket::serve(socket, hub, req, shutdown).await;
+        drop(guard);
     }))
 }
 

@@ -603,3 +603,21 @@ impl TestApp {
         body
     }
 }
+
+impl TestApp {
+    /// A client for a relay running elsewhere (the binary as a child
+    /// process): the API helpers work, `stop` does nothing.
+    pub fn external(addr: std::net::SocketAddr) -> TestApp {
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("http client"),
+            shutdown: Shutdown::new(),
+            handle: None,
+            db: None,
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod errors;
 mod links;
 mod pg_only;
 mod sessions;
+mod shutdown;
 mod store;
 mod stream;
 mod vaults;
