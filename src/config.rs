@@ -139,6 +139,23 @@ pub struct Config {
     /// Seconds a read-only link lives unless the request says otherwise.
     #[arg(long, env = "LINK_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub link_ttl_secs: u64,
+    /// Serve `/metrics` without the admin token (for a scraper on a private
+    /// network that cannot send one).
+    #[arg(long, env = "METRICS_PUBLIC")]
+    pub metrics_public: bool,
+    /// Log lines as human-readable `text`, or `json` (one object per line).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Config {

@@ -15,6 +15,8 @@
 //! - [`identity`]: atem id sanitizing.
 //! - [`vaults`]: the vault operations every transport shares (rules, access,
 //!   store call).
+//! - [`metrics`]: each relay's Prometheus registry and the calls that feed
+//!   it (`GET /metrics`).
 //! - [`cli`]: the operator subcommands (`astation`, `session`, `watch`).
 
 pub mod access;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod secrets;
 pub mod shutdown;
 pub mod startup;

@@ -2,19 +2,23 @@
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use vault_relay::config::Cli;
+use vault_relay::config::{Cli, LogFormat};
 use vault_relay::startup::Application;
 use vault_relay::{cli, shutdown};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.config.log_format {
+        LogFormat::Text => logs.init(),
+        // One object per line, with the span's fields (route, method) on it.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     if let Some(command) = args.command {
         return cli::run(command, &args.config).await;
     }

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 use crate::http;
+use crate::metrics::Metrics;
 use crate::secrets;
 use crate::shutdown::Shutdown;
 use crate::state::{AppState, Settings};
@@ -111,11 +112,14 @@ impl Application {
             shutdown.clone(),
         )
         .await;
+        let metrics = Metrics::new();
+        metrics.spawn_upkeep(shutdown.clone());
         let state = AppState {
             store,
             settings: Arc::new(settings),
             hub,
             shutdown,
+            metrics,
         };
         let web_dir = http::web::locate(config.web_dir.as_deref());
         let router = http::router(state.clone(), web_dir, config.cors_origin.as_deref());

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::stream::Hub;
@@ -21,6 +22,8 @@ pub struct Settings {
     pub stream_ping: Duration,
     pub stream_buffer_frames: usize,
     pub stream_send_timeout: Duration,
+    /// `/metrics` answers without the admin token.
+    pub metrics_public: bool,
 }
 
 impl Settings {
@@ -40,6 +43,7 @@ impl Settings {
             stream_ping: Duration::from_secs(config.stream_ping_secs.max(1)),
             stream_buffer_frames: config.stream_buffer_frames.max(8),
             stream_send_timeout: Duration::from_millis(config.stream_send_timeout_ms.max(100)),
+            metrics_public: config.metrics_public,
         }
     }
 }
@@ -51,4 +55,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub hub: Hub,
     pub shutdown: Shutdown,
+    /// This relay's metrics registry.
+    pub metrics: Metrics,
 }

@@ -6,6 +6,7 @@
 use crate::access::{self, Action};
 use crate::auth::{Caller, Principal};
 use crate::error::ApiError;
+use crate::metrics::WriteKind;
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::{Entry, NewEntry, NewVault, Vault, VaultListItem, View, WriteReceipt};
@@ -107,7 +108,7 @@ pub async fn write(
     validate_entry_id(entry_id)?;
     validate_text("text", &text, state.settings.max_entry_bytes)?;
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::Write).await?;
-    Ok(state
+    let receipt = state
         .store
         .write_entry(NewEntry {
             vault_id: vault_id.to_string(),
@@ -115,7 +116,13 @@ pub async fn write(
             writer_id: caller.client_id.clone(),
             content: text,
         })
-        .await?)
+        .await?;
+    state.metrics.write(if receipt.version == 1 {
+        WriteKind::Append
+    } else {
+        WriteKind::Edit
+    });
+    Ok(receipt)
 }
 
 /// Replaces the vault's one-line summary.
@@ -127,7 +134,9 @@ pub async fn set_summary(
 ) -> Result<(), ApiError> {
     validate_text("text", text, state.settings.max_entry_bytes)?;
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::SetSummary).await?;
-    Ok(state.store.set_summary(vault_id, text).await?)
+    state.store.set_summary(vault_id, text).await?;
+    state.metrics.write(WriteKind::Summary);
+    Ok(())
 }
 
 #[cfg(test)]

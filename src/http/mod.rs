@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod health;
 pub mod links;
+pub mod metrics;
 pub mod sessions;
 pub mod stream;
 pub mod vaults;
@@ -31,6 +32,7 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
         .merge(sessions::router())
         .merge(admin::router())
         .merge(health::router())
+        .merge(metrics::router())
         .route("/api/{*rest}", any(route_not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit));
@@ -70,5 +72,12 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
         )
     };
+    // Outermost, so it counts every answer: CORS preflights, the static
+    // files and the fallbacks too. Routing runs first, so the route
+    // template is known here.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::metrics::track_http,
+    ));
     app.with_state(state)
 }

@@ -116,6 +116,7 @@ async fn stream(
         expires_at,
         ping_every: state.settings.stream_ping,
         send_timeout: state.settings.stream_send_timeout,
+        metrics: state.metrics.clone(),
     };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();

@@ -343,4 +343,28 @@ pub trait Store: Send + Sync + 'static {
     async fn links_for_vault(&self, vault_id: &str) -> StoreResult<Vec<ReadLink>>;
     /// False when the vault has no such live link.
     async fn revoke_link(&self, vault_id: &str, link_id: &str) -> StoreResult<bool>;
+
+    // Operational figures, sampled by `/metrics` at each scrape.
+    /// The store's connection figures now; the default has none.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}
+
+/// Operational figures a store reports to `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Times the commit listener re-established its connection after losing it.
+    pub listener_reconnects: u64,
+    /// The connection pool, for stores that have one.
+    pub pool: Option<PoolStats>,
+}
+
+/// A connection pool's connections by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open and waiting for a query.
+    pub idle: u64,
+    /// Open and in use.
+    pub busy: u64,
 }

@@ -24,6 +24,7 @@ use super::hub::{Event, Hub};
 use super::presence;
 use super::upgrade::Socket;
 use crate::auth::{self, Principal};
+use crate::metrics::{Metrics, Transport};
 use crate::shutdown::Shutdown;
 use crate::store::{Revocation, Vault};
 
@@ -50,6 +51,8 @@ pub struct StreamRequest {
     pub ping_every: Duration,
     /// A frame that cannot be written within this time marks a stuck client.
     pub send_timeout: Duration,
+    /// The relay's metrics (open streams, frames sent, close codes).
+    pub metrics: Metrics,
 }
 
 /// Why a stream ended.
@@ -89,6 +92,8 @@ type Source = SplitStream<Socket>;
 /// Runs a stream to its end and logs the outcome.
 pub async fn serve(socket: Socket, hub: Hub, req: StreamRequest, shutdown: Shutdown) {
     let vault_id = req.vault.id.clone();
+    let metrics = req.metrics.clone();
+    let _open = metrics.stream_opened(Transport::WebSocket);
     let (mut sink, mut source) = socket.split();
     let end = match run(&mut sink, &mut source, &hub, req, &shutdown).await {
         Ok(end) | Err(end) => end,
@@ -98,6 +103,7 @@ pub async fn serve(socket: Socket, hub: Hub, req: StreamRequest, shutdown: Shutd
         other => tracing::debug!(%vault_id, end = ?other, "stream ended"),
     }
     if let Some((code, reason)) = end.close() {
+        metrics.stream_closed(code);
         let close = Message::Close(Some(CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from_static(reason),
@@ -152,6 +158,7 @@ async fn flush(sink: &mut Sink, limit: Duration) -> Result<(), End> {
 async fn catch_up(
     sink: &mut Sink,
     limit: Duration,
+    metrics: &Metrics,
     hub: &Hub,
     vault_id: &str,
     mut cursor: i64,
@@ -168,6 +175,7 @@ async fn catch_up(
             cursor = row.seq;
         }
         flush(sink, limit).await?;
+        metrics.frames_sent(rows.len() as u64);
         if !full {
             return Ok(cursor);
         }
@@ -214,27 +222,32 @@ async fn run(
     let (summary, head_seq) = fresh
         .map(|v| (v.summary, v.head_seq))
         .unwrap_or((vault.summary.clone(), vault.head_seq));
+    let metrics = &req.metrics;
     send(
         sink,
         req.send_timeout,
         frames::hello(&vault.id, &summary, head_seq, &epoch),
     )
     .await?;
+    metrics.frames_sent(1);
     if let Ok(p) = presence::frame(hub, &vault.id).await {
         send(sink, req.send_timeout, p).await?;
+        metrics.frames_sent(1);
     }
 
     let since = match (&req.epoch, req.since) {
         (Some(e), _) if *e != epoch => {
             send(sink, req.send_timeout, frames::reset(&epoch)).await?;
+            metrics.frames_sent(1);
             Some(0)
         }
         (_, since) => since,
     };
     let mut cursor = match since {
         Some(since) => {
-            let cursor = catch_up(sink, req.send_timeout, hub, &vault.id, since).await?;
+            let cursor = catch_up(sink, req.send_timeout, metrics, hub, &vault.id, since).await?;
             send(sink, req.send_timeout, frames::caught_up(cursor)).await?;
+            metrics.frames_sent(1);
             cursor
         }
         None => head_seq,
@@ -277,7 +290,7 @@ async fn run(
                         // Fell off the ring: the store has every row we missed.
                         Err(RecvError::Lagged(_)) => {
                             flush(sink, req.send_timeout).await?;
-                            cursor = catch_up(sink, req.send_timeout, hub, &vault.id, cursor).await?;
+                            cursor = catch_up(sink, req.send_timeout, metrics, hub, &vault.id, cursor).await?;
                         }
                         Err(RecvError::Closed) => return Ok(End::Shutdown),
                     }
@@ -286,6 +299,7 @@ async fn run(
                     }
                 }
                 flush(sink, req.send_timeout).await?;
+                metrics.frames_sent(fed as u64);
             }
             msg = source.next() => match msg {
                 Some(Ok(Message::Close(_))) => return Ok(End::ClientClosed),

@@ -70,6 +70,18 @@ impl TestDb {
             .await
             .expect("connect to the test database")
     }
+
+    /// Terminates every relay's LISTEN connection on this database, as a
+    /// network fault would; returns how many were killed.
+    pub async fn kill_listen_connections(&self, conn: &mut sqlx::PgConnection) -> i64 {
+        sqlx::query_scalar(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity
+             where datname = current_database() and query ilike 'listen%'",
+        )
+        .fetch_one(conn)
+        .await
+        .expect("terminate LISTEN connections")
+    }
 }
 
 impl Drop for TestDb {

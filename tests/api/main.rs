@@ -9,6 +9,8 @@ mod binary;
 mod browser;
 mod errors;
 mod links;
+mod logs;
+mod metrics;
 mod pg_only;
 mod sessions;
 mod shutdown;

@@ -200,14 +200,7 @@ async fn subscribers_get_every_row_while_the_listen_connection_is_killed() {
             let mut killed = 0;
             for _ in 0..3 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                let n: i64 = sqlx::query_scalar(
-                    "select count(pg_terminate_backend(pid)) from pg_stat_activity
-                     where datname = current_database() and query ilike 'listen%'",
-                )
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-                killed += n;
+                killed += db.kill_listen_connections(&mut conn).await;
             }
             killed
         })

@@ -6,6 +6,8 @@
 //! its own cursor. The resync goes out only after LISTEN is active again, so
 //! nothing can fall between the re-read and the new notices.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -19,11 +21,13 @@ use crate::store::Notice;
 pub const NOTICE_CAPACITY: usize = 8192;
 
 /// Spawns the listener task; the store aborts it when dropped. `ready`
-/// fires the first time LISTEN is active.
+/// fires the first time LISTEN is active; `reconnects` counts every later
+/// time it is active again after the connection dropped.
 pub fn spawn(
     pool: PgPool,
     notices: broadcast::Sender<Notice>,
     ready: tokio::sync::oneshot::Sender<()>,
+    reconnects: Arc<AtomicU64>,
 ) -> tokio::task::AbortHandle {
     let mut ready = Some(ready);
     let task = tokio::spawn(async move {
@@ -41,8 +45,13 @@ pub fn spawn(
             backoff = Duration::from_millis(100);
             tracing::debug!("LISTEN connection ready");
             let _ = notices.send(Notice::Resync);
-            if let Some(ready) = ready.take() {
-                let _ = ready.send(());
+            match ready.take() {
+                Some(ready) => {
+                    let _ = ready.send(());
+                }
+                None => {
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
             }
             loop {
                 match listener.try_recv().await {

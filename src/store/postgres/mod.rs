@@ -6,6 +6,8 @@
 
 pub mod listener;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,9 +18,9 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
 use super::{
-    Astation, Entry, NewEntry, NewVault, Notice, ReadLink, Revocation, SessionRecord, SessionState,
-    Store, StoreError, StoreResult, StreamTicket, Vault, VaultListItem, View, Watcher,
-    WatcherRecord, WriteReceipt,
+    Astation, Entry, NewEntry, NewVault, Notice, PoolStats, ReadLink, Revocation, SessionRecord,
+    SessionState, Store, StoreError, StoreResult, StoreStats, StreamTicket, Vault, VaultListItem,
+    View, Watcher, WatcherRecord, WriteReceipt,
 };
 
 /// The NOTIFY channel the relay speaks on (also named in `vault_write`,
@@ -45,6 +47,8 @@ pub struct PgStore {
     epoch: String,
     notices: broadcast::Sender<Notice>,
     listener: tokio::task::AbortHandle,
+    /// Reconnections of the LISTEN connection, counted by the listener.
+    listener_reconnects: Arc<AtomicU64>,
 }
 
 impl Drop for PgStore {
@@ -107,7 +111,13 @@ impl PgStore {
             .await?;
         let (notices, _) = broadcast::channel(listener::NOTICE_CAPACITY);
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        let listener = listener::spawn(pool.clone(), notices.clone(), ready_tx);
+        let listener_reconnects = Arc::new(AtomicU64::new(0));
+        let listener = listener::spawn(
+            pool.clone(),
+            notices.clone(),
+            ready_tx,
+            listener_reconnects.clone(),
+        );
         // Serve only once we hear commits, so no write after start-up goes
         // unannounced. If LISTEN is slow to come up, go on: the listener
         // keeps trying and its resync covers whatever it missed.
@@ -122,6 +132,7 @@ impl PgStore {
             epoch,
             notices,
             listener,
+            listener_reconnects,
         })
     }
 
@@ -196,6 +207,18 @@ const VAULT_COLUMNS: &str = "id, summary, work_session, creator, created_at, wri
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn stats(&self) -> StoreStats {
+        let size = u64::from(self.pool.size());
+        let idle = self.pool.num_idle() as u64;
+        StoreStats {
+            listener_reconnects: self.listener_reconnects.load(Ordering::Relaxed),
+            pool: Some(PoolStats {
+                idle,
+                busy: size.saturating_sub(idle),
+            }),
+        }
     }
 
     fn epoch(&self) -> String {
