@@ -146,6 +146,9 @@ pub struct Config {
     /// Log lines as human-readable `text`, or `json` (one object per line).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Seconds an Idempotency-Key is remembered (then swept).
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
 }
 
 /// How log lines are written.

@@ -43,6 +43,17 @@ pub enum ApiError {
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 422: the request is well formed but contradicts an earlier one (an
+    /// idempotency key reused for another request).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503 with `Retry-After`: the relay is at a documented bound (held long
+    /// polls) and the client should come back after that many seconds.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// 503: the store cannot be reached; the detail is logged.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -64,6 +75,8 @@ impl ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,7 +101,16 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (self.status(), Json(json!({ "error": message }))).into_response()
+        let mut response = (self.status(), Json(json!({ "error": message }))).into_response();
+        if let ApiError::Busy {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+        }
+        response
     }
 }
 

@@ -17,6 +17,8 @@
 //!   store call).
 //! - [`metrics`]: each relay's Prometheus registry and the calls that feed
 //!   it (`GET /metrics`).
+//! - [`idempotency`]: `Idempotency-Key` rules for creates and writes (the
+//!   store keeps keys in the write's own transaction).
 //! - [`cli`]: the operator subcommands (`astation`, `session`, `watch`).
 
 pub mod access;
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod identity;
 pub mod metrics;
 pub mod secrets;

@@ -114,6 +114,11 @@ impl Application {
         .await;
         let metrics = Metrics::new();
         metrics.spawn_upkeep(shutdown.clone());
+        tokio::spawn(crate::idempotency::run_sweeper(
+            store.clone(),
+            settings.idempotency_ttl,
+            shutdown.clone(),
+        ));
         let state = AppState {
             store,
             settings: Arc::new(settings),

@@ -24,6 +24,8 @@ pub struct Settings {
     pub stream_send_timeout: Duration,
     /// `/metrics` answers without the admin token.
     pub metrics_public: bool,
+    /// How long an Idempotency-Key is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 impl Settings {
@@ -44,6 +46,7 @@ impl Settings {
             stream_buffer_frames: config.stream_buffer_frames.max(8),
             stream_send_timeout: Duration::from_millis(config.stream_send_timeout_ms.max(100)),
             metrics_public: config.metrics_public,
+            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs.max(1)),
         }
     }
 }

@@ -5,11 +5,15 @@
 
 use crate::access::{self, Action};
 use crate::auth::{Caller, Principal};
+use serde::Deserialize;
+use serde_json::json;
+
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::metrics::WriteKind;
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::{Entry, NewEntry, NewVault, Vault, VaultListItem, View, WriteReceipt};
+use crate::store::{Entry, Keyed, NewEntry, NewVault, Vault, VaultListItem, View, WriteReceipt};
 
 /// Checks a text field against the NUL rule and the size limit.
 pub fn validate_text(field: &str, text: &str, max_bytes: usize) -> Result<(), ApiError> {
@@ -49,17 +53,52 @@ fn work_session(caller: &Caller) -> Result<&str, ApiError> {
 
 /// Creates a vault in the caller's work session.
 pub async fn create(state: &AppState, caller: &Caller, summary: String) -> Result<Vault, ApiError> {
+    create_keyed(state, caller, summary, None).await
+}
+
+/// [`create`] under an optional idempotency key: a repeat of the same
+/// request answers with the vault the first one created.
+pub async fn create_keyed(
+    state: &AppState,
+    caller: &Caller,
+    summary: String,
+    key: Option<String>,
+) -> Result<Vault, ApiError> {
     let work_session = work_session(caller)?.to_string();
     validate_text("summary", &summary, state.settings.max_entry_bytes)?;
-    Ok(state
-        .store
-        .create_vault(NewVault {
-            id: secrets::vault_id(),
-            summary,
-            work_session,
-            creator: caller.client_id.clone(),
-        })
-        .await?)
+    let claim = key.map(|key| {
+        idempotency::claim(
+            &work_session,
+            &caller.client_id,
+            key,
+            &json!(["create", summary]),
+            state.settings.idempotency_ttl,
+        )
+    });
+    let new = NewVault {
+        id: secrets::vault_id(),
+        summary,
+        work_session,
+        creator: caller.client_id.clone(),
+    };
+    let Some(claim) = claim else {
+        return Ok(state.store.create_vault(new).await?);
+    };
+    match state.store.create_vault_keyed(new, &claim).await? {
+        Keyed::Done(vault) => Ok(vault),
+        Keyed::Prior(prior) => {
+            #[derive(Deserialize)]
+            struct Created {
+                vault_id: String,
+            }
+            let created: Created = idempotency::replay(&claim, &prior)?;
+            state
+                .store
+                .vault(&created.vault_id)
+                .await?
+                .ok_or_else(|| ApiError::Internal("an idempotent create lost its vault".into()))
+        }
+    }
 }
 
 /// The vaults the caller can list: its work session's and those its client
@@ -105,18 +144,47 @@ pub async fn write(
     text: String,
     entry_id: Option<i64>,
 ) -> Result<WriteReceipt, ApiError> {
+    write_keyed(state, caller, vault_id, text, entry_id, None).await
+}
+
+/// [`write`] under an optional idempotency key: a repeat of the same
+/// request answers with the first receipt and writes nothing.
+pub async fn write_keyed(
+    state: &AppState,
+    caller: &Caller,
+    vault_id: &str,
+    text: String,
+    entry_id: Option<i64>,
+    key: Option<String>,
+) -> Result<WriteReceipt, ApiError> {
     validate_entry_id(entry_id)?;
     validate_text("text", &text, state.settings.max_entry_bytes)?;
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::Write).await?;
-    let receipt = state
-        .store
-        .write_entry(NewEntry {
-            vault_id: vault_id.to_string(),
-            entry_no: entry_id,
-            writer_id: caller.client_id.clone(),
-            content: text,
-        })
-        .await?;
+    // Only work-session callers pass the write check, so the key has an owner.
+    let claim = match (key, &caller.principal) {
+        (Some(key), Principal::Session { work_session, .. }) => Some(idempotency::claim(
+            work_session,
+            &caller.client_id,
+            key,
+            &json!(["write", vault_id, entry_id, text]),
+            state.settings.idempotency_ttl,
+        )),
+        _ => None,
+    };
+    let new = NewEntry {
+        vault_id: vault_id.to_string(),
+        entry_no: entry_id,
+        writer_id: caller.client_id.clone(),
+        content: text,
+    };
+    let receipt = match claim {
+        None => state.store.write_entry(new).await?,
+        Some(claim) => match state.store.write_entry_keyed(new, &claim).await? {
+            Keyed::Done(receipt) => receipt,
+            // A replay wrote nothing, so it counts as no write.
+            Keyed::Prior(prior) => return idempotency::replay(&claim, &prior),
+        },
+    };
     state.metrics.write(if receipt.version == 1 {
         WriteKind::Append
     } else {

@@ -69,7 +69,13 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
                 .allow_methods([Method::GET, Method::POST, Method::DELETE])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::IF_NONE_MATCH,
+                    header::HeaderName::from_static(crate::idempotency::HEADER),
+                ])
+                .expose_headers([header::ETAG, header::LINK, header::RETRY_AFTER]),
         )
     };
     // Outermost, so it counts every answer: CORS preflights, the static

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::access::{self, Action};
 use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::idempotency::IdempotencyKey;
 use crate::state::AppState;
 use crate::store::{Entry, View, WriteReceipt};
 use crate::vaults;
@@ -72,9 +73,10 @@ fn parse_history(raw: Option<&str>) -> Result<View, ApiError> {
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    IdempotencyKey(key): IdempotencyKey,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let vault = vaults::create(&state, &caller, body.summary).await?;
+    let vault = vaults::create_keyed(&state, &caller, body.summary, key).await?;
     Ok(Json(json!({ "vault_id": vault.id })))
 }
 
@@ -99,9 +101,11 @@ async fn write(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(vault_id): ApiPath<String>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiJson(body): ApiJson<WriteBody>,
 ) -> Result<Json<WriteReceipt>, ApiError> {
-    let receipt = vaults::write(&state, &caller, &vault_id, body.text, body.entry_id).await?;
+    let receipt =
+        vaults::write_keyed(&state, &caller, &vault_id, body.text, body.entry_id, key).await?;
     Ok(Json(receipt))
 }
 

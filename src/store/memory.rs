@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    Astation, Entry, KIND_CONTENT, NewEntry, NewVault, Notice, ReadLink, Revocation, SessionRecord,
-    SessionState, Store, StoreError, StoreResult, StreamTicket, Vault, VaultListItem, View,
-    Watcher, WatcherRecord, WriteReceipt,
+    Astation, Entry, IdempotencyClaim, KIND_CONTENT, Keyed, NewEntry, NewVault, Notice,
+    PriorResponse, ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError,
+    StoreResult, StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteReceipt,
 };
 
 /// Capacity of the notice channel; a lagging receiver resyncs from the store.
@@ -31,6 +31,117 @@ struct State {
     links: HashMap<String, ReadLink>,
     /// Open streams in the order they joined: (replica, conn) -> record.
     watchers: Vec<WatcherRecord>,
+    /// Idempotency keys by (work session, client id, key).
+    idempotency: HashMap<(String, String, String), StoredKey>,
+}
+
+struct StoredKey {
+    fingerprint: String,
+    response: String,
+    expires_at: std::time::Instant,
+}
+
+impl State {
+    /// The live record of a claim's key, if any.
+    fn prior(&self, claim: &IdempotencyClaim) -> Option<PriorResponse> {
+        let id = key_id(claim);
+        self.idempotency
+            .get(&id)
+            .filter(|k| k.expires_at > std::time::Instant::now())
+            .map(|k| PriorResponse {
+                fingerprint: k.fingerprint.clone(),
+                response: k.response.clone(),
+            })
+    }
+
+    /// Stores a claim's key with the response its write produced.
+    fn record(&mut self, claim: &IdempotencyClaim, response: String) {
+        self.idempotency.insert(
+            key_id(claim),
+            StoredKey {
+                fingerprint: claim.fingerprint.clone(),
+                response,
+                expires_at: std::time::Instant::now() + claim.ttl,
+            },
+        );
+    }
+
+    fn insert_vault(&mut self, new: NewVault) -> StoreResult<Vault> {
+        if self.vaults.contains_key(&new.id) {
+            return Err(StoreError::Conflict(format!("vault {} exists", new.id)));
+        }
+        let vault = Vault {
+            id: new.id.clone(),
+            summary: new.summary,
+            work_session: new.work_session,
+            creator: new.creator,
+            created_at: super::now(),
+            writers: Vec::new(),
+            head_seq: 0,
+        };
+        self.vault_order.push(new.id.clone());
+        self.vaults.insert(
+            new.id,
+            VaultState {
+                vault: vault.clone(),
+                next_entry_no: 1,
+                rows: Vec::new(),
+            },
+        );
+        Ok(vault)
+    }
+
+    /// Appends or edits; the caller announces the row after unlocking.
+    fn insert_entry(&mut self, new: NewEntry) -> StoreResult<WriteReceipt> {
+        let seq = self.next_seq + 1;
+        let vs = self
+            .vaults
+            .get_mut(&new.vault_id)
+            .ok_or(StoreError::VaultNotFound)?;
+        let (entry_no, version) = match new.entry_no {
+            None => (vs.next_entry_no, 1),
+            Some(n) => {
+                let newest = vs
+                    .rows
+                    .iter()
+                    .filter(|r| r.entry_no == n)
+                    .map(|r| r.version)
+                    .max()
+                    .ok_or(StoreError::EntryNotFound(n))?;
+                (n, newest + 1)
+            }
+        };
+        if new.entry_no.is_none() {
+            vs.next_entry_no += 1;
+        }
+        vs.rows.push(Entry {
+            seq,
+            entry_no,
+            version,
+            kind: KIND_CONTENT.to_string(),
+            writer_id: new.writer_id.clone(),
+            content: new.content,
+            created_at: super::now(),
+        });
+        vs.vault.head_seq = seq;
+        if !vs.vault.writers.contains(&new.writer_id) {
+            vs.vault.writers.push(new.writer_id);
+        }
+        self.next_seq = seq;
+        Ok(WriteReceipt {
+            entry_no,
+            version,
+            seq,
+        })
+    }
+}
+
+fn key_id(claim: &IdempotencyClaim) -> (String, String, String) {
+    (
+        claim.work_session.clone(),
+        claim.client_id.clone(),
+        claim.key.clone(),
+    )
 }
 
 struct VaultState {
@@ -95,29 +206,7 @@ impl Store for MemoryStore {
     }
 
     async fn create_vault(&self, new: NewVault) -> StoreResult<Vault> {
-        let mut st = self.lock();
-        if st.vaults.contains_key(&new.id) {
-            return Err(StoreError::Conflict(format!("vault {} exists", new.id)));
-        }
-        let vault = Vault {
-            id: new.id.clone(),
-            summary: new.summary,
-            work_session: new.work_session,
-            creator: new.creator,
-            created_at: super::now(),
-            writers: Vec::new(),
-            head_seq: 0,
-        };
-        st.vault_order.push(new.id.clone());
-        st.vaults.insert(
-            new.id,
-            VaultState {
-                vault: vault.clone(),
-                next_entry_no: 1,
-                rows: Vec::new(),
-            },
-        );
-        Ok(vault)
+        self.lock().insert_vault(new)
     }
 
     async fn vault(&self, vault_id: &str) -> StoreResult<Option<Vault>> {
@@ -144,51 +233,10 @@ impl Store for MemoryStore {
     }
 
     async fn write_entry(&self, new: NewEntry) -> StoreResult<WriteReceipt> {
-        let receipt = {
-            let mut st = self.lock();
-            let seq = st.next_seq + 1;
-            let vs = st
-                .vaults
-                .get_mut(&new.vault_id)
-                .ok_or(StoreError::VaultNotFound)?;
-            let (entry_no, version) = match new.entry_no {
-                None => (vs.next_entry_no, 1),
-                Some(n) => {
-                    let newest = vs
-                        .rows
-                        .iter()
-                        .filter(|r| r.entry_no == n)
-                        .map(|r| r.version)
-                        .max()
-                        .ok_or(StoreError::EntryNotFound(n))?;
-                    (n, newest + 1)
-                }
-            };
-            if new.entry_no.is_none() {
-                vs.next_entry_no += 1;
-            }
-            vs.rows.push(Entry {
-                seq,
-                entry_no,
-                version,
-                kind: KIND_CONTENT.to_string(),
-                writer_id: new.writer_id.clone(),
-                content: new.content,
-                created_at: super::now(),
-            });
-            vs.vault.head_seq = seq;
-            if !vs.vault.writers.contains(&new.writer_id) {
-                vs.vault.writers.push(new.writer_id);
-            }
-            st.next_seq = seq;
-            WriteReceipt {
-                entry_no,
-                version,
-                seq,
-            }
-        };
+        let vault_id = new.vault_id.clone();
+        let receipt = self.lock().insert_entry(new)?;
         self.announce(Notice::Entry {
-            vault_id: new.vault_id,
+            vault_id,
             seq: receipt.seq,
         });
         Ok(receipt)
@@ -495,5 +543,51 @@ impl Store for MemoryStore {
             self.announce(Notice::Revoked(Revocation::Link(link_id.to_string())));
         }
         Ok(changed)
+    }
+
+    async fn create_vault_keyed(
+        &self,
+        new: NewVault,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Keyed<Vault>> {
+        // One lock for the check, the write and the record: concurrent
+        // repeats of a key serialize here and only the first one writes.
+        let mut st = self.lock();
+        if let Some(prior) = st.prior(claim) {
+            return Ok(Keyed::Prior(prior));
+        }
+        let vault = st.insert_vault(new)?;
+        st.record(claim, super::created_response(&vault));
+        Ok(Keyed::Done(vault))
+    }
+
+    async fn write_entry_keyed(
+        &self,
+        new: NewEntry,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Keyed<WriteReceipt>> {
+        let vault_id = new.vault_id.clone();
+        let receipt = {
+            let mut st = self.lock();
+            if let Some(prior) = st.prior(claim) {
+                return Ok(Keyed::Prior(prior));
+            }
+            let receipt = st.insert_entry(new)?;
+            st.record(claim, super::receipt_response(&receipt));
+            receipt
+        };
+        self.announce(Notice::Entry {
+            vault_id,
+            seq: receipt.seq,
+        });
+        Ok(Keyed::Done(receipt))
+    }
+
+    async fn sweep_idempotency_keys(&self) -> StoreResult<u64> {
+        let now = std::time::Instant::now();
+        let mut st = self.lock();
+        let before = st.idempotency.len();
+        st.idempotency.retain(|_, k| k.expires_at > now);
+        Ok((before - st.idempotency.len()) as u64)
     }
 }

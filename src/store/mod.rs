@@ -10,7 +10,7 @@ pub mod postgres;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// The current time at the precision both stores keep (Postgres keeps
@@ -78,7 +78,7 @@ pub struct NewEntry {
 }
 
 /// Where a write landed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteReceipt {
     pub entry_no: i64,
     pub version: i64,
@@ -221,6 +221,50 @@ pub enum Revocation {
     Link(String),
 }
 
+/// An idempotency key claimed by a create or content write (see
+/// [`crate::idempotency`]): stored in the write's own transaction.
+#[derive(Clone, Debug)]
+pub struct IdempotencyClaim {
+    /// The caller's work session and client id: keys belong to both.
+    pub work_session: String,
+    pub client_id: String,
+    /// The key as the client sent it.
+    pub key: String,
+    /// A hash of what the request asked for (route, vault, body).
+    pub fingerprint: String,
+    /// How long the key is kept.
+    pub ttl: std::time::Duration,
+}
+
+/// What a keyed write found or did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keyed<T> {
+    /// The key was new (or expired): the write happened and its response is
+    /// stored under the key.
+    Done(T),
+    /// A live key: nothing was written; this is what the first request with
+    /// the key asked for and got.
+    Prior(PriorResponse),
+}
+
+/// The first request's fingerprint and its stored response (JSON text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriorResponse {
+    pub fingerprint: String,
+    pub response: String,
+}
+
+/// The response stored for a keyed content write: the receipt's JSON.
+pub fn receipt_response(receipt: &WriteReceipt) -> String {
+    // Serializing three integers cannot fail.
+    serde_json::to_string(receipt).unwrap_or_default()
+}
+
+/// The response stored for a keyed create: `{"vault_id"}`.
+pub fn created_response(vault: &Vault) -> String {
+    serde_json::json!({ "vault_id": vault.id }).to_string()
+}
+
 /// Failures that the store reports. No HTTP here: the edge maps them.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -343,6 +387,24 @@ pub trait Store: Send + Sync + 'static {
     async fn links_for_vault(&self, vault_id: &str) -> StoreResult<Vec<ReadLink>>;
     /// False when the vault has no such live link.
     async fn revoke_link(&self, vault_id: &str, link_id: &str) -> StoreResult<bool>;
+
+    // Idempotency keys (crate::idempotency). A keyed write claims its key,
+    // writes and stores its response in one atomic step; a live key means
+    // nothing is written and the prior response comes back instead.
+    /// [`Store::create_vault`] under an idempotency key.
+    async fn create_vault_keyed(
+        &self,
+        vault: NewVault,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Keyed<Vault>>;
+    /// [`Store::write_entry`] under an idempotency key.
+    async fn write_entry_keyed(
+        &self,
+        entry: NewEntry,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Keyed<WriteReceipt>>;
+    /// Deletes expired keys; returns how many went.
+    async fn sweep_idempotency_keys(&self) -> StoreResult<u64>;
 
     // Operational figures, sampled by `/metrics` at each scrape.
     /// The store's connection figures now; the default has none.

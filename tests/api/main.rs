@@ -8,6 +8,7 @@ mod admin;
 mod binary;
 mod browser;
 mod errors;
+mod idempotency;
 mod links;
 mod logs;
 mod metrics;

@@ -4,6 +4,7 @@
 //! so the notice is delivered at commit and never for a rolled-back write;
 //! [`listener`] turns those notices into [`Notice`]s.
 
+pub mod idempotency;
 pub mod listener;
 
 use std::sync::Arc;
@@ -14,13 +15,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgExecutor, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
 use super::{
-    Astation, Entry, NewEntry, NewVault, Notice, PoolStats, ReadLink, Revocation, SessionRecord,
-    SessionState, Store, StoreError, StoreResult, StoreStats, StreamTicket, Vault, VaultListItem,
-    View, Watcher, WatcherRecord, WriteReceipt,
+    Astation, Entry, IdempotencyClaim, Keyed, NewEntry, NewVault, Notice, PoolStats, ReadLink,
+    Revocation, SessionRecord, SessionState, Store, StoreError, StoreResult, StoreStats,
+    StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteReceipt,
 };
 
 /// The NOTIFY channel the relay speaks on (also named in `vault_write`,
@@ -203,6 +204,56 @@ fn link_from_row(row: &PgRow) -> Result<ReadLink, sqlx::Error> {
 const ENTRY_COLUMNS: &str = "seq, entry_no, version, kind, writer_id, content, created_at";
 const VAULT_COLUMNS: &str = "id, summary, work_session, creator, created_at, writers, head_seq";
 
+/// Inserts a vault row.
+async fn insert_vault<'e>(exec: impl PgExecutor<'e>, new: &NewVault) -> StoreResult<Vault> {
+    let row = sqlx::query(&format!(
+        "insert into vaults (id, summary, work_session, creator) values ($1, $2, $3, $4)
+         returning {VAULT_COLUMNS}"
+    ))
+    .bind(&new.id)
+    .bind(&new.summary)
+    .bind(&new.work_session)
+    .bind(&new.creator)
+    .fetch_one(exec)
+    .await
+    .map_err(|e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Conflict(format!("vault {} exists", new.id))
+        }
+        other => other.into(),
+    })?;
+    Ok(vault_from_row(&row)?)
+}
+
+/// One content write through `vault_write` (migrations/0002), which locks
+/// the vault row, allocates the entry number, version and seq under that
+/// lock, inserts, updates the writer list and notifies: one statement, one
+/// round trip (and, on the pool, one transaction).
+async fn vault_write<'e>(exec: impl PgExecutor<'e>, new: &NewEntry) -> StoreResult<WriteReceipt> {
+    let row =
+        sqlx::query("select out_entry_no, out_version, out_seq from vault_write($1, $2, $3, $4)")
+            .bind(&new.vault_id)
+            .bind(new.entry_no)
+            .bind(&new.writer_id)
+            .bind(&new.content)
+            .fetch_one(exec)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_VAULT) => {
+                    StoreError::VaultNotFound
+                }
+                sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_ENTRY) => {
+                    StoreError::EntryNotFound(new.entry_no.unwrap_or_default())
+                }
+                other => other.into(),
+            })?;
+    Ok(WriteReceipt {
+        entry_no: row.try_get("out_entry_no")?,
+        version: row.try_get("out_version")?,
+        seq: row.try_get("out_seq")?,
+    })
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -238,23 +289,7 @@ impl Store for PgStore {
     }
 
     async fn create_vault(&self, new: NewVault) -> StoreResult<Vault> {
-        let row = sqlx::query(&format!(
-            "insert into vaults (id, summary, work_session, creator) values ($1, $2, $3, $4)
-             returning {VAULT_COLUMNS}"
-        ))
-        .bind(&new.id)
-        .bind(&new.summary)
-        .bind(&new.work_session)
-        .bind(&new.creator)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                StoreError::Conflict(format!("vault {} exists", new.id))
-            }
-            other => other.into(),
-        })?;
-        Ok(vault_from_row(&row)?)
+        insert_vault(&self.pool, &new).await
     }
 
     async fn vault(&self, vault_id: &str) -> StoreResult<Option<Vault>> {
@@ -290,33 +325,7 @@ impl Store for PgStore {
     }
 
     async fn write_entry(&self, new: NewEntry) -> StoreResult<WriteReceipt> {
-        // vault_write (migrations/0002) locks the vault row, allocates the
-        // entry number, version and seq under that lock, inserts, updates
-        // the writer list and notifies: one statement, one transaction, one
-        // round trip.
-        let row = sqlx::query(
-            "select out_entry_no, out_version, out_seq from vault_write($1, $2, $3, $4)",
-        )
-        .bind(&new.vault_id)
-        .bind(new.entry_no)
-        .bind(&new.writer_id)
-        .bind(&new.content)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_VAULT) => {
-                StoreError::VaultNotFound
-            }
-            sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_ENTRY) => {
-                StoreError::EntryNotFound(new.entry_no.unwrap_or_default())
-            }
-            other => other.into(),
-        })?;
-        Ok(WriteReceipt {
-            entry_no: row.try_get("out_entry_no")?,
-            version: row.try_get("out_version")?,
-            seq: row.try_get("out_seq")?,
-        })
+        vault_write(&self.pool, &new).await
     }
 
     async fn read_entries(
@@ -753,6 +762,43 @@ impl Store for PgStore {
         Self::notify(&mut tx, json!({"t": "revoke", "link": link_id})).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn create_vault_keyed(
+        &self,
+        new: NewVault,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Keyed<Vault>> {
+        // claim, write, record: one transaction (migrations/0005).
+        let mut tx = self.pool.begin().await?;
+        if let Some(prior) = idempotency::claim(&mut tx, claim).await? {
+            return Ok(Keyed::Prior(prior));
+        }
+        let vault = insert_vault(&mut *tx, &new).await?;
+        idempotency::record(&mut tx, claim, &super::created_response(&vault)).await?;
+        tx.commit().await?;
+        Ok(Keyed::Done(vault))
+    }
+
+    async fn write_entry_keyed(
+        &self,
+        new: NewEntry,
+        claim: &IdempotencyClaim,
+    ) -> StoreResult<Keyed<WriteReceipt>> {
+        // claim, write, record: one transaction (migrations/0005). A batched
+        // write path must keep all three in the batch's transaction.
+        let mut tx = self.pool.begin().await?;
+        if let Some(prior) = idempotency::claim(&mut tx, claim).await? {
+            return Ok(Keyed::Prior(prior));
+        }
+        let receipt = vault_write(&mut *tx, &new).await?;
+        idempotency::record(&mut tx, claim, &super::receipt_response(&receipt)).await?;
+        tx.commit().await?;
+        Ok(Keyed::Done(receipt))
+    }
+
+    async fn sweep_idempotency_keys(&self) -> StoreResult<u64> {
+        idempotency::sweep(&self.pool).await
     }
 }
 
