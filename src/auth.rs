@@ -189,17 +189,60 @@ pub async fn principal_from_headers(
     }
 }
 
+/// The client id from `?id=`, checked.
+async fn client_id_from_query(parts: &mut Parts, state: &AppState) -> Result<String, ApiError> {
+    let ApiQuery(q) = ApiQuery::<ClientIdQuery>::from_request_parts(parts, state).await?;
+    validate_client_id(q.id.as_deref())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let principal = principal_from_headers(state.store.as_ref(), &parts.headers).await?;
-        let ApiQuery(q) = ApiQuery::<ClientIdQuery>::from_request_parts(parts, state).await?;
-        let client_id = validate_client_id(q.id.as_deref())?;
+        let client_id = client_id_from_query(parts, state).await?;
         Ok(Caller {
             principal,
             client_id,
         })
+    }
+}
+
+/// A caller of `/mcp`: a session, sent as `Authorization: session <id>` or
+/// as `Authorization: Bearer <id>`, because many MCP clients can only send
+/// bearer tokens. Only `/mcp` takes a session id as a bearer token: on every
+/// other route a bearer token is an astation's or the admin's.
+pub struct McpCaller(pub Caller);
+
+impl FromRequestParts<AppState> for McpCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let store = state.store.as_ref();
+        let principal = match credential(&parts.headers)? {
+            None => {
+                return Err(ApiError::Unauthorized(
+                    "missing credential: send the header `Authorization: Bearer <session_id>` \
+                     (or `Authorization: session <session_id>`)"
+                        .into(),
+                ));
+            }
+            Some(Credential::Session(id) | Credential::Bearer(id)) => {
+                session_principal(store, &secrets::hash(id)).await?
+            }
+            Some(Credential::Link(_)) => {
+                return Err(ApiError::Unauthorized(
+                    "/mcp takes a session (`Authorization: Bearer <session_id>`); \
+                     read-only links work on the REST routes and in the viewer"
+                        .into(),
+                ));
+            }
+        };
+        let client_id = client_id_from_query(parts, state).await?;
+        Ok(McpCaller(Caller {
+            principal,
+            client_id,
+        }))
     }
 }
 

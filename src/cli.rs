@@ -26,6 +26,7 @@ pub async fn run(command: Command, config: &Config) -> ExitCode {
             relay,
         }) => grant(&session_id, &code, &relay).await,
         Command::Watch(args) => watch(args).await,
+        Command::Mcp(args) => crate::mcp::bridge::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,6 +218,7 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
     }
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes a query value.
+pub fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -31,6 +31,9 @@ pub enum Command {
     Session(SessionCommand),
     /// Print a vault's entries as they arrive, reconnecting on its own.
     Watch(WatchArgs),
+    /// Serve MCP on stdin/stdout, forwarding to a relay's /mcp (for agents
+    /// that only start stdio MCP servers).
+    Mcp(McpArgs),
 }
 
 /// `vault-relay astation ...`
@@ -87,6 +90,20 @@ pub struct WatchArgs {
     /// Start after this seq instead of at the head.
     #[arg(long)]
     pub since: Option<i64>,
+}
+
+/// `vault-relay mcp`
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Base URL of the relay.
+    #[arg(long, env = "RELAY_URL", default_value = "http://127.0.0.1:3000")]
+    pub relay_url: String,
+    /// Session id to authenticate with.
+    #[arg(long, env = "RELAY_SESSION", hide_env_values = true)]
+    pub session: String,
+    /// This client's id (`?id=`): the writer recorded on its entries.
+    #[arg(long, env = "RELAY_CLIENT_ID")]
+    pub client_id: String,
 }
 
 /// Serving configuration.

@@ -88,9 +88,12 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let message = match &self {
+impl ApiError {
+    /// The words a client is told: the message itself, or for faults a
+    /// generic sentence (the detail goes to the log here). Every transport
+    /// answers with these words, so a refusal reads the same everywhere.
+    pub fn public_message(&self) -> String {
+        match self {
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 "the relay hit an internal error; it has been logged".to_string()
@@ -100,7 +103,13 @@ impl IntoResponse for ApiError {
                 "the relay's database is unreachable; try again shortly".to_string()
             }
             other => other.to_string(),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.public_message();
         let mut response = (self.status(), Json(json!({ "error": message }))).into_response();
         if let ApiError::Busy {
             retry_after_secs, ..

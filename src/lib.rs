@@ -15,6 +15,8 @@
 //! - [`identity`]: atem id sanitizing.
 //! - [`vaults`]: the vault operations every transport shares (rules, access,
 //!   store call).
+//! - [`mcp`]: the Model Context Protocol server (`/mcp`) and the stdio
+//!   bridge (`vault-relay mcp`).
 //! - [`metrics`]: each relay's Prometheus registry and the calls that feed
 //!   it (`GET /metrics`).
 //! - [`idempotency`]: `Idempotency-Key` rules for creates and writes (the
@@ -29,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod identity;
+pub mod mcp;
 pub mod metrics;
 pub mod secrets;
 pub mod shutdown;

@@ -132,6 +132,11 @@ pub async fn read(
     view: View,
     since: i64,
 ) -> Result<Vec<Entry>, ApiError> {
+    if since < 0 {
+        return Err(ApiError::bad_request(format!(
+            "`since` must be a non-negative integer (a seq), not `{since}`"
+        )));
+    }
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::Read).await?;
     Ok(state.store.read_entries(vault_id, view, since).await?)
 }

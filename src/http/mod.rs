@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod health;
 pub mod links;
+pub mod mcp;
 pub mod metrics;
 pub mod sessions;
 pub mod stream;
@@ -32,6 +33,7 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
         .merge(sessions::router())
         .merge(admin::router())
         .merge(health::router())
+        .merge(mcp::router(&state))
         .merge(metrics::router())
         .route("/api/{*rest}", any(route_not_found))
         .method_not_allowed_fallback(method_not_allowed)

@@ -52,7 +52,9 @@ pub struct Hub {
 pub struct Subscription {
     hub: Hub,
     vault_id: String,
-    conn_id: i64,
+    /// The presence record's connection id; `None` for a subscriber that
+    /// does not count as a watcher.
+    conn_id: Option<i64>,
     /// Always `Some` until drop.
     rx: Option<broadcast::Receiver<Event>>,
 }
@@ -127,10 +129,11 @@ impl Hub {
         }
     }
 
-    /// Joins a vault's channel. `head_seq` must have been read from the store
-    /// before this call: rows above it that commit later are announced and
-    /// pumped; rows committed in between are found by the caller's replay,
-    /// which reads the store after subscribing.
+    /// Joins a vault's channel as a watcher (it shows in presence).
+    /// `head_seq` must have been read from the store before this call: rows
+    /// above it that commit later are announced and pumped; rows committed in
+    /// between are found by the caller's replay, which reads the store after
+    /// subscribing.
     pub async fn subscribe(
         &self,
         vault_id: &str,
@@ -138,23 +141,9 @@ impl Hub {
         atem_id: &str,
         client_id: &str,
     ) -> Subscription {
-        let rx = {
-            let mut channels = self.channels();
-            let ch = channels.entry(vault_id.to_string()).or_insert_with(|| {
-                Arc::new(VaultChannel {
-                    tx: broadcast::channel(self.inner.capacity).0,
-                    pumped: AtomicI64::new(head_seq),
-                })
-            });
-            ch.tx.subscribe()
-        };
+        let mut sub = self.watch(vault_id, head_seq);
         let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let sub = Subscription {
-            hub: self.clone(),
-            vault_id: vault_id.to_string(),
-            conn_id,
-            rx: Some(rx),
-        };
+        sub.conn_id = Some(conn_id);
         let record = WatcherRecord {
             replica_id: self.inner.replica_id.clone(),
             conn_id,
@@ -167,6 +156,28 @@ impl Hub {
             tracing::warn!(error = %e, "could not record a watcher");
         }
         sub
+    }
+
+    /// Joins a vault's channel without showing in presence, for listeners
+    /// that only need to know that the vault changed (MCP resource
+    /// subscriptions). `head_seq` as for [`Hub::subscribe`].
+    pub fn watch(&self, vault_id: &str, head_seq: i64) -> Subscription {
+        let rx = {
+            let mut channels = self.channels();
+            let ch = channels.entry(vault_id.to_string()).or_insert_with(|| {
+                Arc::new(VaultChannel {
+                    tx: broadcast::channel(self.inner.capacity).0,
+                    pumped: AtomicI64::new(head_seq),
+                })
+            });
+            ch.tx.subscribe()
+        };
+        Subscription {
+            hub: self.clone(),
+            vault_id: vault_id.to_string(),
+            conn_id: None,
+            rx: Some(rx),
+        }
     }
 
     /// The notice pump: folds bursts of notices, then reads each touched
@@ -313,9 +324,10 @@ impl Drop for Subscription {
                 channels.remove(&self.vault_id);
             }
         }
+        let Some(conn) = self.conn_id else { return };
         let store = self.hub.inner.store.clone();
         let replica = self.hub.inner.replica_id.clone();
-        let (conn, vault) = (self.conn_id, std::mem::take(&mut self.vault_id));
+        let vault = std::mem::take(&mut self.vault_id);
         // Presence cleanup is I/O; do it off the dropping thread. If the
         // runtime is gone the heartbeat sweep removes the row later.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

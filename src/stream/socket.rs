@@ -182,7 +182,8 @@ async fn catch_up(
     }
 }
 
-fn revokes(r: &Revocation, principal: &Principal) -> bool {
+/// Whether a revocation covers this principal.
+pub(crate) fn revokes(r: &Revocation, principal: &Principal) -> bool {
     match (r, principal) {
         (Revocation::Session(h), Principal::Session { session_hash, .. }) => h == session_hash,
         (Revocation::Astation(a), Principal::Session { work_session, .. }) => a == work_session,

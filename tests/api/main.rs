@@ -11,6 +11,7 @@ mod errors;
 mod idempotency;
 mod links;
 mod logs;
+mod mcp;
 mod metrics;
 mod pg_only;
 mod sessions;

@@ -1,0 +1,109 @@
+//! `/mcp`: the MCP server ([`crate::mcp::server`]) on the Streamable HTTP
+//! transport, behind the same credential check as the vault routes.
+//!
+//! Every request (POST, the GET event stream, DELETE) is authenticated here
+//! before the MCP service sees it, so a refusal is a plain HTTP 401/403/400
+//! with our JSON body and no MCP exchange. The resolved [`Caller`] travels
+//! in the request's extensions, where the MCP handlers find it.
+//!
+//! MCP sessions live in the process that opened them. Behind a load
+//! balancer with several replicas, a request for a session another replica
+//! holds gets 404, and MCP clients answer that by initializing a new
+//! session; subscriptions and tool results do not depend on the replica.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+
+use crate::auth::{Caller, McpCaller};
+use crate::error::ApiError;
+use crate::mcp::server::VaultMcp;
+use crate::state::AppState;
+
+/// The most of an error body from the MCP library that is read to re-wrap
+/// it in our JSON shape.
+const MAX_LIBRARY_ERROR_BYTES: usize = 16 * 1024;
+
+/// The `/mcp` route.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let sessions = Arc::new(LocalSessionManager::default());
+    let config = StreamableHttpServerConfig::default()
+        // The library's Host check guards unauthenticated local servers
+        // against DNS rebinding; every request here carries a credential,
+        // and the relay is meant to be reached under any public name.
+        .disable_allowed_hosts()
+        .with_max_request_body_bytes(state.settings.max_body_bytes)
+        .with_sse_keep_alive(Some(state.settings.stream_ping));
+    // Event streams would otherwise hold graceful shutdown open.
+    let cancel = config.cancellation_token.clone();
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.wait().await;
+        cancel.cancel();
+    });
+    let factory = {
+        let (state, sessions) = (state.clone(), sessions.clone());
+        move || Ok(VaultMcp::new(state.clone(), sessions.clone()))
+    };
+    let service = StreamableHttpService::new(factory, sessions, config);
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+}
+
+/// Resolves the caller before the MCP service runs, and gives the
+/// library's own HTTP refusals (unknown session, wrong Accept, ...) our
+/// JSON error shape.
+async fn authenticate(McpCaller(caller): McpCaller, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert::<Caller>(caller);
+    let response = next.run(request).await;
+    if !(response.status().is_client_error() || response.status().is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_LIBRARY_ERROR_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_string()
+    } else {
+        text
+    };
+    let mut rewrapped = match parts.status.as_u16() {
+        404 => ApiError::NotFound(format!(
+            "{message}; the MCP session ended or lives on another relay: initialize a new one"
+        )),
+        413 => ApiError::TooLarge(message),
+        415 => ApiError::UnsupportedMediaType(message),
+        500.. => ApiError::Internal(message),
+        _ => ApiError::BadRequest(message),
+    }
+    .into_response();
+    // Keep the library's status and headers (Allow, ...), with our body.
+    *rewrapped.status_mut() = parts.status;
+    for (name, value) in parts.headers.iter() {
+        if name != CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rewrapped.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewrapped
+}
