@@ -755,3 +755,94 @@ async fn the_stdio_bridge_says_why_it_cannot_connect() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("could not open an MCP session"), "{stderr}");
 }
+
+/// The interpreter for the Python SDK client: `MCP_PYTHON` (./scripts/test
+/// sets it when it could install the `mcp` package), else `python3` if it
+/// has the package.
+fn python_with_mcp() -> Option<String> {
+    let candidates = std::env::var("MCP_PYTHON")
+        .into_iter()
+        .chain(["python3".to_string()]);
+    candidates.into_iter().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import mcp.client.streamable_http"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_client_agrees() {
+    let Some(python) = python_with_mcp() else {
+        eprintln!(
+            "SKIPPED: no Python with the `mcp` package (MCP_PYTHON unset); ./scripts/test installs one"
+        );
+        return;
+    };
+    let app = TestApp::spawn(Backend::Memory).await;
+    let (_, _, s) = app.work_session("home").await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking({
+            let base = app.base.clone();
+            let s = s.clone();
+            move || {
+                std::process::Command::new(python)
+                    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp_client.py"))
+                    .env("RELAY_URL", base)
+                    .env("RELAY_SESSION", s)
+                    .env("RELAY_CLIENT_ID", "py-agent")
+                    .output()
+                    .expect("run the Python client")
+            }
+        }),
+    )
+    .await
+    .expect("the Python client finishes in time")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let v = report["vault_id"].as_str().expect("vault_id").to_string();
+    assert!(
+        report["protocol_version"].as_str().unwrap() >= "2025-06-18",
+        "{report}"
+    );
+    assert_eq!(
+        report["tools"],
+        json!([
+            "vault_create",
+            "vault_list",
+            "vault_read",
+            "vault_set_summary",
+            "vault_write"
+        ])
+    );
+    assert_eq!(report["write"]["entry_no"], 1);
+    let uri = format!("vault://{v}");
+    assert_eq!(report["updates"], json!([uri, uri]), "one update per write");
+    assert_eq!(report["set_summary"], json!({}));
+    let (_, rest_list) = app
+        .vault_call(Method::GET, "/api/vault", &s, "py-agent", None)
+        .await;
+    assert_eq!(report["list"], json!({ "vaults": rest_list }));
+    let rest_rows = app.read(&v, &s, "py-agent", "").await;
+    assert_eq!(report["read"], json!({ "entries": rest_rows }));
+    assert_eq!(
+        report["read_text"],
+        "e1 v1 [py-agent] hello from python\ne2 v1 [rest-writer] hello over rest"
+    );
+    assert_eq!(report["refused"]["is_error"], true);
+    assert_eq!(report["refused"]["text"], "no such vault");
+    assert_eq!(
+        report["resource"],
+        format!(
+            "vault {v}: renamed\ne1 v1 [py-agent] hello from python\ne2 v1 [rest-writer] hello over rest"
+        )
+    );
+}
