@@ -6,6 +6,14 @@
 //! - write content: only callers in the vault's work session;
 //! - set the summary: the read rule, except that links are read-only;
 //! - manage read-only links: the read rule, sessions only.
+//!
+//! This module is the source of these rules. The content write, the hot
+//! path, is checked inside the store's write itself so that it costs no
+//! separate lookups ([`crate::store::Store::write_as`]): the memory store
+//! calls [`allows`] under its lock, and Postgres's `vault_write_batch`
+//! (migrations/0006) spells the same write rule in SQL. The store suite
+//! (`tests/api/writes.rs`) checks that the two agree with [`allows`] for
+//! every kind of caller.
 
 use crate::auth::{Caller, Principal};
 use crate::error::ApiError;
@@ -68,12 +76,13 @@ pub async fn vault_for(
     }
 }
 
+/// Why a session may not write content to a vault.
+pub const WRITE_REFUSAL: &str = "only sessions of the vault's work session may write to it; ask its astation owner for a session";
+
 fn refusal(caller: &Caller, action: Action) -> &'static str {
     match (&caller.principal, action) {
         (Principal::Link { .. }, _) => "a read-only link can only read its vault",
-        (_, Action::Write) => {
-            "only sessions of the vault's work session may write to it; ask its astation owner for a session"
-        }
+        (_, Action::Write) => WRITE_REFUSAL,
         _ => "this vault belongs to another work session and this client id never wrote to it",
     }
 }

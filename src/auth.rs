@@ -246,6 +246,61 @@ impl FromRequestParts<AppState> for McpCaller {
     }
 }
 
+/// A vault caller whose credential is parsed but, for a session, not yet
+/// looked up: what the content write takes, because the store checks the
+/// session inside the write itself ([`crate::store::Store::write_as`]), which
+/// saves a round trip per write and still refuses a revoked session on the
+/// very next write, on every replica.
+#[derive(Clone, Debug)]
+pub enum Claimed {
+    /// `Authorization: session <id>`, by the hash of the id.
+    Session {
+        session_hash: String,
+        client_id: String,
+    },
+    /// Any other credential, resolved as [`Caller`] resolves it.
+    Resolved(Caller),
+}
+
+impl Claimed {
+    /// Looks the credential up, for answers that must say what is wrong
+    /// with it before anything else (a session's 401 comes before a bad
+    /// request's 400, as on every other route).
+    pub async fn verify(&self, store: &dyn Store) -> Result<(), ApiError> {
+        match self {
+            Claimed::Session { session_hash, .. } => {
+                session_principal(store, session_hash).await.map(|_| ())
+            }
+            Claimed::Resolved(_) => Ok(()),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Claimed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let session_hash = match credential(&parts.headers)? {
+            Some(Credential::Session(id)) => secrets::hash(id),
+            _ => {
+                return Caller::from_request_parts(parts, state)
+                    .await
+                    .map(Claimed::Resolved);
+            }
+        };
+        match client_id_from_query(parts, state).await {
+            Ok(client_id) => Ok(Claimed::Session {
+                session_hash,
+                client_id,
+            }),
+            Err(bad_query) => {
+                session_principal(state.store.as_ref(), &session_hash).await?;
+                Err(bad_query)
+            }
+        }
+    }
+}
+
 /// A request authenticated with an astation's bearer token.
 pub struct AstationAuth(pub Astation);
 

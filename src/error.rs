@@ -134,6 +134,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
             StoreError::Fault(m) => ApiError::Internal(m),
+            StoreError::SessionRefused => {
+                ApiError::Unauthorized("this session cannot be used; pair again".into())
+            }
+            StoreError::WriteForbidden => ApiError::Forbidden(crate::access::WRITE_REFUSAL.into()),
         }
     }
 }

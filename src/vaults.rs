@@ -4,7 +4,7 @@
 //! and shape the reply, so a rule added here holds everywhere at once.
 
 use crate::access::{self, Action};
-use crate::auth::{Caller, Principal};
+use crate::auth::{self, Caller, Claimed, Principal};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -13,7 +13,9 @@ use crate::idempotency;
 use crate::metrics::WriteKind;
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::{Entry, Keyed, NewEntry, NewVault, Vault, VaultListItem, View, WriteReceipt};
+use crate::store::{
+    Entry, Keyed, NewEntry, NewVault, StoreError, Vault, VaultListItem, View, WriteReceipt,
+};
 
 /// Checks a text field against the NUL rule and the size limit.
 pub fn validate_text(field: &str, text: &str, max_bytes: usize) -> Result<(), ApiError> {
@@ -162,6 +164,17 @@ pub async fn write_keyed(
     entry_id: Option<i64>,
     key: Option<String>,
 ) -> Result<WriteReceipt, ApiError> {
+    if let (None, Principal::Session { session_hash, .. }) = (&key, &caller.principal) {
+        return write_as_session(
+            state,
+            session_hash,
+            &caller.client_id,
+            vault_id,
+            text,
+            entry_id,
+        )
+        .await;
+    }
     validate_entry_id(entry_id)?;
     validate_text("text", &text, state.settings.max_entry_bytes)?;
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::Write).await?;
@@ -190,12 +203,103 @@ pub async fn write_keyed(
             Keyed::Prior(prior) => return idempotency::replay(&claim, &prior),
         },
     };
+    count_write(state, &receipt);
+    Ok(receipt)
+}
+
+fn count_write(state: &AppState, receipt: &WriteReceipt) {
     state.metrics.write(if receipt.version == 1 {
         WriteKind::Append
     } else {
         WriteKind::Edit
     });
-    Ok(receipt)
+}
+
+/// [`write_keyed`] for a caller whose session is not looked up yet. Without
+/// a key (the common case) the session is checked in the write itself.
+pub async fn write_claimed(
+    state: &AppState,
+    claimed: &Claimed,
+    vault_id: &str,
+    text: String,
+    entry_id: Option<i64>,
+    key: Option<String>,
+) -> Result<WriteReceipt, ApiError> {
+    match (claimed, key) {
+        (
+            Claimed::Session {
+                session_hash,
+                client_id,
+            },
+            None,
+        ) => write_as_session(state, session_hash, client_id, vault_id, text, entry_id).await,
+        (
+            Claimed::Session {
+                session_hash,
+                client_id,
+            },
+            key,
+        ) => {
+            // The key belongs to the work session: look the session up.
+            let caller = Caller {
+                principal: auth::session_principal(state.store.as_ref(), session_hash).await?,
+                client_id: client_id.clone(),
+            };
+            write_keyed(state, &caller, vault_id, text, entry_id, key).await
+        }
+        (Claimed::Resolved(caller), key) => {
+            write_keyed(state, caller, vault_id, text, entry_id, key).await
+        }
+    }
+}
+
+/// A session's content write. The store checks the session and the write
+/// rule in the write itself, so a write costs one round trip; rows
+/// committed here reach this process's subscribers at once (the hub's fast
+/// path), and other replicas learn of them by the commit's notice.
+async fn write_as_session(
+    state: &AppState,
+    session_hash: &str,
+    client_id: &str,
+    vault_id: &str,
+    text: String,
+    entry_id: Option<i64>,
+) -> Result<WriteReceipt, ApiError> {
+    let store = state.store.as_ref();
+    let checked = validate_entry_id(entry_id)
+        .and_then(|()| validate_text("text", &text, state.settings.max_entry_bytes))
+        .and_then(|()| {
+            if secrets::is_plain_id(vault_id) {
+                Ok(())
+            } else {
+                Err(ApiError::NotFound("no such vault".into()))
+            }
+        });
+    if let Err(e) = checked {
+        // The credential is judged first, as on every route.
+        auth::session_principal(store, session_hash).await?;
+        return Err(e);
+    }
+    let new = NewEntry {
+        vault_id: vault_id.to_string(),
+        entry_no: entry_id,
+        writer_id: client_id.to_string(),
+        content: text,
+    };
+    match store.write_as(session_hash, new).await {
+        Ok(committed) => {
+            state.hub.publish_committed(vault_id, &committed);
+            let receipt = committed.receipt();
+            count_write(state, &receipt);
+            Ok(receipt)
+        }
+        Err(StoreError::SessionRefused) => {
+            // Say exactly why (unknown, pending, revoked, ...).
+            auth::session_principal(store, session_hash).await?;
+            Err(StoreError::SessionRefused.into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Replaces the vault's one-line summary.

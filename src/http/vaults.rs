@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::access::{self, Action};
-use crate::auth::{Caller, Principal};
+use crate::auth::{Caller, Claimed, Principal};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::idempotency::IdempotencyKey;
 use crate::state::AppState;
@@ -99,13 +99,21 @@ async fn read(
 
 async fn write(
     State(state): State<AppState>,
-    caller: Caller,
+    claimed: Claimed,
     ApiPath(vault_id): ApiPath<String>,
-    IdempotencyKey(key): IdempotencyKey,
-    ApiJson(body): ApiJson<WriteBody>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<ApiJson<WriteBody>, ApiError>,
 ) -> Result<Json<WriteReceipt>, ApiError> {
+    let (key, body) = match (key, body) {
+        (Ok(IdempotencyKey(key)), Ok(ApiJson(body))) => (key, body),
+        (Err(bad), _) | (_, Err(bad)) => {
+            // The session was not looked up yet; its 401 comes first.
+            claimed.verify(state.store.as_ref()).await?;
+            return Err(bad);
+        }
+    };
     let receipt =
-        vaults::write_keyed(&state, &caller, &vault_id, body.text, body.entry_id, key).await?;
+        vaults::write_claimed(&state, &claimed, &vault_id, body.text, body.entry_id, key).await?;
     Ok(Json(receipt))
 }
 

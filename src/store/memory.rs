@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    Astation, Entry, IdempotencyClaim, KIND_CONTENT, Keyed, NewEntry, NewVault, Notice,
+    Astation, Committed, Entry, IdempotencyClaim, KIND_CONTENT, Keyed, NewEntry, NewVault, Notice,
     PriorResponse, ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError,
     StoreResult, StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteReceipt,
 };
@@ -93,46 +93,7 @@ impl State {
 
     /// Appends or edits; the caller announces the row after unlocking.
     fn insert_entry(&mut self, new: NewEntry) -> StoreResult<WriteReceipt> {
-        let seq = self.next_seq + 1;
-        let vs = self
-            .vaults
-            .get_mut(&new.vault_id)
-            .ok_or(StoreError::VaultNotFound)?;
-        let (entry_no, version) = match new.entry_no {
-            None => (vs.next_entry_no, 1),
-            Some(n) => {
-                let newest = vs
-                    .rows
-                    .iter()
-                    .filter(|r| r.entry_no == n)
-                    .map(|r| r.version)
-                    .max()
-                    .ok_or(StoreError::EntryNotFound(n))?;
-                (n, newest + 1)
-            }
-        };
-        if new.entry_no.is_none() {
-            vs.next_entry_no += 1;
-        }
-        vs.rows.push(Entry {
-            seq,
-            entry_no,
-            version,
-            kind: KIND_CONTENT.to_string(),
-            writer_id: new.writer_id.clone(),
-            content: new.content,
-            created_at: super::now(),
-        });
-        vs.vault.head_seq = seq;
-        if !vs.vault.writers.contains(&new.writer_id) {
-            vs.vault.writers.push(new.writer_id);
-        }
-        self.next_seq = seq;
-        Ok(WriteReceipt {
-            entry_no,
-            version,
-            seq,
-        })
+        Ok(self.write(new)?.committed.receipt())
     }
 }
 
@@ -181,9 +142,98 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn announce_entry(&self, written: &Written) {
+        self.announce(Notice::Entry {
+            vault_id: written.vault_id.clone(),
+            seq: written.committed.entry.seq,
+        });
+    }
+
     fn announce(&self, notice: Notice) {
         // No receivers is fine: nobody is streaming.
         let _ = self.notices.send(notice);
+    }
+}
+
+/// A row written under the lock, with what the notice needs.
+struct Written {
+    vault_id: String,
+    committed: Committed,
+}
+
+impl State {
+    /// Appends or edits (the caller holds the lock, so this is atomic).
+    fn write(&mut self, new: NewEntry) -> StoreResult<Written> {
+        let seq = self.next_seq + 1;
+        let vs = self
+            .vaults
+            .get_mut(&new.vault_id)
+            .ok_or(StoreError::VaultNotFound)?;
+        let (entry_no, version) = match new.entry_no {
+            None => (vs.next_entry_no, 1),
+            Some(n) => {
+                let newest = vs
+                    .rows
+                    .iter()
+                    .filter(|r| r.entry_no == n)
+                    .map(|r| r.version)
+                    .max()
+                    .ok_or(StoreError::EntryNotFound(n))?;
+                (n, newest + 1)
+            }
+        };
+        if new.entry_no.is_none() {
+            vs.next_entry_no += 1;
+        }
+        let prev_seq = vs.rows.last().map_or(0, |r| r.seq);
+        let entry = Entry {
+            seq,
+            entry_no,
+            version,
+            kind: KIND_CONTENT.to_string(),
+            writer_id: new.writer_id.clone(),
+            content: new.content,
+            created_at: super::now(),
+        };
+        vs.rows.push(entry.clone());
+        vs.vault.head_seq = seq;
+        if !vs.vault.writers.contains(&new.writer_id) {
+            vs.vault.writers.push(new.writer_id);
+        }
+        self.next_seq = seq;
+        Ok(Written {
+            vault_id: new.vault_id,
+            committed: Committed { entry, prev_seq },
+        })
+    }
+
+    /// The checks of [`Store::write_as`], in its order, under the lock.
+    fn check_writer(&self, session_hash: &str, new: &NewEntry) -> StoreResult<()> {
+        let work_session = match self.sessions.get(session_hash) {
+            Some(s) if s.state == SessionState::Granted => s
+                .astation_id
+                .clone()
+                .ok_or_else(|| StoreError::Fault("granted session without an astation".into()))?,
+            _ => return Err(StoreError::SessionRefused),
+        };
+        let vault = &self
+            .vaults
+            .get(&new.vault_id)
+            .ok_or(StoreError::VaultNotFound)?
+            .vault;
+        // The rule itself lives in crate::access.
+        let caller = crate::auth::Caller {
+            principal: crate::auth::Principal::Session {
+                session_hash: session_hash.to_string(),
+                work_session,
+            },
+            client_id: new.writer_id.clone(),
+        };
+        if crate::access::allows(&caller, vault, crate::access::Action::Write) {
+            Ok(())
+        } else {
+            Err(StoreError::WriteForbidden)
+        }
     }
 }
 
@@ -233,13 +283,12 @@ impl Store for MemoryStore {
     }
 
     async fn write_entry(&self, new: NewEntry) -> StoreResult<WriteReceipt> {
-        let vault_id = new.vault_id.clone();
-        let receipt = self.lock().insert_entry(new)?;
-        self.announce(Notice::Entry {
-            vault_id,
-            seq: receipt.seq,
-        });
-        Ok(receipt)
+        let written = {
+            let mut st = self.lock();
+            st.write(new)?
+        };
+        self.announce_entry(&written);
+        Ok(written.committed.receipt())
     }
 
     async fn read_entries(
@@ -589,5 +638,15 @@ impl Store for MemoryStore {
         let before = st.idempotency.len();
         st.idempotency.retain(|_, k| k.expires_at > now);
         Ok((before - st.idempotency.len()) as u64)
+    }
+
+    async fn write_as(&self, session_hash: &str, new: NewEntry) -> StoreResult<Committed> {
+        let written = {
+            let mut st = self.lock();
+            st.check_writer(session_hash, &new)?;
+            st.write(new)?
+        };
+        self.announce_entry(&written);
+        Ok(written.committed)
     }
 }

@@ -85,6 +85,26 @@ pub struct WriteReceipt {
     pub seq: i64,
 }
 
+/// A content write the store committed: the row as stored, and the vault's
+/// newest seq just before it (read under the vault's write lock), which
+/// tells the hub whether it may deliver the row without a re-read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub entry: Entry,
+    pub prev_seq: i64,
+}
+
+impl Committed {
+    /// What the writer is told.
+    pub fn receipt(&self) -> WriteReceipt {
+        WriteReceipt {
+            entry_no: self.entry.entry_no,
+            version: self.entry.version,
+            seq: self.entry.seq,
+        }
+    }
+}
+
 /// Which rows a read returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
@@ -276,6 +296,13 @@ pub enum StoreError {
     AstationNotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A write as a session that is not granted (unknown, pending, denied,
+    /// revoked); the caller looks the session up to say which.
+    #[error("the session is not granted")]
+    SessionRefused,
+    /// A write by a session outside the vault's work session.
+    #[error("the session is not in the vault's work session")]
+    WriteForbidden,
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store fault: {0}")]
@@ -405,6 +432,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Keyed<WriteReceipt>>;
     /// Deletes expired keys; returns how many went.
     async fn sweep_idempotency_keys(&self) -> StoreResult<u64>;
+
+    // Content writes on behalf of a session: the hot path of the relay.
+    /// One content write as the session whose id hashes to `session_hash`,
+    /// checked and written in one atomic step (on Postgres, one statement):
+    /// the session must be granted ([`StoreError::SessionRefused`]), the
+    /// vault must exist ([`StoreError::VaultNotFound`]), the session's
+    /// astation must be the vault's work session, the write rule of
+    /// [`crate::access`] ([`StoreError::WriteForbidden`]); then it is
+    /// [`Store::write_entry`]. Checked in the write itself, a revocation
+    /// holds for the very next write on every replica, without a separate
+    /// session lookup per write.
+    async fn write_as(&self, session_hash: &str, entry: NewEntry) -> StoreResult<Committed>;
 
     // Operational figures, sampled by `/metrics` at each scrape.
     /// The store's connection figures now; the default has none.

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{frames, presence};
 use crate::shutdown::Shutdown;
-use crate::store::{Notice, Revocation, Store, WatcherRecord};
+use crate::store::{Committed, Notice, Revocation, Store, WatcherRecord};
 
 /// Rows fetched per query when the hub pumps a vault.
 const PUMP_PAGE: i64 = 500;
@@ -28,9 +28,18 @@ pub enum Event {
 
 struct VaultChannel {
     tx: broadcast::Sender<Event>,
-    /// The highest seq the hub has broadcast (or knew to be committed when
-    /// the channel opened). Only the hub task advances it.
-    pumped: AtomicI64,
+    /// The cursor: every committed row of the vault up to this seq has been
+    /// broadcast (or was committed before the channel opened). The pump and
+    /// the local fast path ([`Hub::publish_committed`]) both advance it, each
+    /// sending under this lock, so no row is sent twice or skipped.
+    pumped: Mutex<i64>,
+}
+
+impl VaultChannel {
+    fn cursor(&self) -> MutexGuard<'_, i64> {
+        // Nothing panics while holding this lock; ignore poisoning.
+        self.pumped.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 struct Inner {
@@ -167,7 +176,7 @@ impl Hub {
             let ch = channels.entry(vault_id.to_string()).or_insert_with(|| {
                 Arc::new(VaultChannel {
                     tx: broadcast::channel(self.inner.capacity).0,
-                    pumped: AtomicI64::new(head_seq),
+                    pumped: Mutex::new(head_seq),
                 })
             });
             ch.tx.subscribe()
@@ -196,15 +205,17 @@ impl Hub {
                 _ = retry.tick(), if !failed.is_empty() => Err(RecvError::Lagged(0)),
                 _ = shutdown.wait() => return,
             };
-            let mut entries: HashSet<String> = std::mem::take(&mut failed);
+            // Vault -> the highest seq announced (i64::MAX: re-read anyway).
+            let mut entries: HashMap<String, i64> = failed.drain().map(|v| (v, i64::MAX)).collect();
             let mut summaries: HashSet<String> = HashSet::new();
             let mut resync = false;
             let mut next = Some(first);
             let mut folded = 0;
             while let Some(n) = next.take() {
                 match n {
-                    Ok(Notice::Entry { vault_id, .. }) => {
-                        entries.insert(vault_id);
+                    Ok(Notice::Entry { vault_id, seq }) => {
+                        let top = entries.entry(vault_id).or_insert(seq);
+                        *top = (*top).max(seq);
                     }
                     Ok(Notice::Summary { vault_id }) => {
                         summaries.insert(vault_id);
@@ -236,11 +247,11 @@ impl Hub {
                 for v in self.watched_vaults() {
                     let _ = dirty.send(v.clone());
                     summaries.insert(v.clone());
-                    entries.insert(v);
+                    entries.insert(v, i64::MAX);
                 }
             }
-            for vault_id in entries {
-                if let Err(e) = self.pump(&vault_id).await {
+            for (vault_id, announced) in entries {
+                if let Err(e) = self.pump(&vault_id, announced).await {
                     tracing::warn!(error = %e, "reading new rows failed; will retry");
                     failed.insert(vault_id);
                 }
@@ -252,29 +263,66 @@ impl Hub {
     }
 
     /// Reads a vault's rows above its channel's cursor and broadcasts them.
-    async fn pump(&self, vault_id: &str) -> Result<(), crate::store::StoreError> {
+    /// `announced` is the highest seq a notice named: when the cursor is
+    /// already there (the fast path delivered it), there is nothing to read.
+    async fn pump(&self, vault_id: &str, announced: i64) -> Result<(), crate::store::StoreError> {
         let Some(ch) = self.channel(vault_id) else {
             return Ok(());
         };
         loop {
-            let after = ch.pumped.load(Ordering::Acquire);
+            let after = *ch.cursor();
+            if after >= announced {
+                return Ok(());
+            }
             let rows = self
                 .inner
                 .store
                 .entries_after(vault_id, after, PUMP_PAGE)
                 .await?;
             let full = rows.len() as i64 == PUMP_PAGE;
-            for row in &rows {
-                let _ = ch.tx.send(Event::Entry {
-                    seq: row.seq,
-                    frame: frames::entry(row),
-                });
-                ch.pumped.store(row.seq, Ordering::Release);
+            {
+                // The fast path may have moved the cursor during the read:
+                // rows at or below it were sent already.
+                let mut cursor = ch.cursor();
+                for row in &rows {
+                    if row.seq > *cursor {
+                        let _ = ch.tx.send(Event::Entry {
+                            seq: row.seq,
+                            frame: frames::entry(row),
+                        });
+                        *cursor = row.seq;
+                    }
+                }
             }
             if !full {
                 return Ok(());
             }
         }
+    }
+
+    /// The local fast path: delivers a row this process just committed to
+    /// its own subscribers at once, without waiting for the notice and a
+    /// re-read. Only when the vault's channel has delivered exactly up to
+    /// `prev_seq`, the vault's newest seq just before the row (read under
+    /// the vault's write lock): then no committed row lies between the
+    /// cursor and this one, and sending it keeps every stream gapless.
+    /// Otherwise (another replica's row is still on its way, say) it does
+    /// nothing and the row comes the usual way, by notice and pump. Returns
+    /// whether it delivered.
+    pub fn publish_committed(&self, vault_id: &str, committed: &Committed) -> bool {
+        let Some(ch) = self.channel(vault_id) else {
+            return false;
+        };
+        let mut cursor = ch.cursor();
+        if *cursor != committed.prev_seq {
+            return false;
+        }
+        let _ = ch.tx.send(Event::Entry {
+            seq: committed.entry.seq,
+            frame: frames::entry(&committed.entry),
+        });
+        *cursor = committed.entry.seq;
+        true
     }
 
     async fn push_summary(&self, vault_id: &str) {

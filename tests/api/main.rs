@@ -19,3 +19,4 @@ mod shutdown;
 mod store;
 mod stream;
 mod vaults;
+mod writes;

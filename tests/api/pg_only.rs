@@ -16,6 +16,42 @@ fn seq(v: &Value) -> i64 {
     v["seq"].as_i64().expect("seq")
 }
 
+/// Checks a vault's history (every row, in the order read): seqs strictly
+/// increase, no (entry, version) twice, entry numbers e1..eN without gaps,
+/// and in seq order the versions of each entry count 1, 2, 3, ... Returns
+/// the number of entries.
+pub(crate) fn assert_log_is_consistent(history: &[Value]) -> usize {
+    let seqs: Vec<i64> = history.iter().map(seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq strictly increases"
+    );
+    let mut versions: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut pairs = HashSet::new();
+    for row in history {
+        let (n, ver) = (
+            row["entry_no"].as_i64().unwrap(),
+            row["version"].as_i64().unwrap(),
+        );
+        assert!(pairs.insert((n, ver)), "duplicate (e{n}, v{ver})");
+        versions.entry(n).or_default().push(ver);
+    }
+    let numbers: Vec<i64> = versions.keys().copied().collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as i64).collect::<Vec<_>>(),
+        "entry numbers are contiguous"
+    );
+    for (n, vs) in &versions {
+        assert_eq!(
+            *vs,
+            (1..=vs.len() as i64).collect::<Vec<_>>(),
+            "versions of e{n}"
+        );
+    }
+    numbers.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_and_edits_keep_numbers_contiguous_and_seq_ordered() {
     let app = Arc::new(TestApp::spawn(Backend::Postgres).await);
@@ -49,36 +85,8 @@ async fn concurrent_appends_and_edits_keep_numbers_contiguous_and_seq_ordered() 
     for v in &vaults {
         let history = app.read(v, &s, "c", "history=true").await;
         assert_eq!(history.len(), 1 + 8 * 15, "every write is a row");
-        let seqs: Vec<i64> = history.iter().map(seq).collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "seq strictly increases"
-        );
-        let mut versions: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-        let mut pairs = HashSet::new();
-        for row in &history {
-            let (n, ver) = (
-                row["entry_no"].as_i64().unwrap(),
-                row["version"].as_i64().unwrap(),
-            );
-            assert!(pairs.insert((n, ver)), "duplicate (e{n}, v{ver})");
-            versions.entry(n).or_default().push(ver);
-        }
-        let numbers: Vec<i64> = versions.keys().copied().collect();
         let appends = 1 + 8 * 15 - 8 * 4; // seed + appends; 4 edits per task
-        assert_eq!(
-            numbers,
-            (1..=appends as i64).collect::<Vec<_>>(),
-            "entry numbers are contiguous"
-        );
-        for (n, vs) in versions {
-            // In seq order, versions of an entry count 1, 2, 3, ...
-            assert_eq!(
-                vs,
-                (1..=vs.len() as i64).collect::<Vec<_>>(),
-                "versions of e{n}"
-            );
-        }
+        assert_eq!(assert_log_is_consistent(&history), appends);
         let current = app.read(v, &s, "c", "").await;
         assert_eq!(current.len(), appends);
     }

@@ -29,7 +29,7 @@ both_stores!(
 );
 
 /// A fresh store of the given kind (and the database behind it, if any).
-async fn store(backend: Backend) -> (Arc<dyn Store>, Option<TestDb>) {
+pub(crate) async fn store(backend: Backend) -> (Arc<dyn Store>, Option<TestDb>) {
     match backend {
         Backend::Memory => (Arc::new(MemoryStore::new()), None),
         Backend::Postgres => {

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 
-use super::{CHANNEL, parse_notice};
+use super::{CHANNEL, parse_notices};
 use crate::store::Notice;
 
 /// Capacity of the per-process notice channel.
@@ -55,12 +55,15 @@ pub fn spawn(
             }
             loop {
                 match listener.try_recv().await {
-                    Ok(Some(n)) => match parse_notice(n.payload()) {
-                        Some(notice) => {
+                    Ok(Some(n)) => {
+                        let parsed = parse_notices(n.payload());
+                        if parsed.is_empty() {
+                            tracing::warn!("ignoring a malformed notice");
+                        }
+                        for notice in parsed {
                             let _ = notices.send(notice);
                         }
-                        None => tracing::warn!("ignoring a malformed notice"),
-                    },
+                    }
                     Ok(None) => {
                         tracing::warn!("LISTEN connection lost; reconnecting");
                         break;

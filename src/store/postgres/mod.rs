@@ -4,6 +4,7 @@
 //! so the notice is delivered at commit and never for a rolled-back write;
 //! [`listener`] turns those notices into [`Notice`]s.
 
+pub mod batch;
 pub mod idempotency;
 pub mod listener;
 
@@ -19,8 +20,8 @@ use sqlx::{PgExecutor, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
 use super::{
-    Astation, Entry, IdempotencyClaim, Keyed, NewEntry, NewVault, Notice, PoolStats, ReadLink,
-    Revocation, SessionRecord, SessionState, Store, StoreError, StoreResult, StoreStats,
+    Astation, Committed, Entry, IdempotencyClaim, Keyed, NewEntry, NewVault, Notice, PoolStats,
+    ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError, StoreResult, StoreStats,
     StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteReceipt,
 };
 
@@ -800,6 +801,41 @@ impl Store for PgStore {
     async fn sweep_idempotency_keys(&self) -> StoreResult<u64> {
         idempotency::sweep(&self.pool).await
     }
+
+    async fn write_as(&self, session_hash: &str, entry: NewEntry) -> StoreResult<Committed> {
+        let item = batch::Item {
+            session_hash: session_hash.to_string(),
+            entry,
+        };
+        batch::commit(&self.pool, vec![item])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Fault("a write got no result".into())))
+    }
+}
+
+/// Parses a NOTIFY payload written by this module or by the SQL functions
+/// in `migrations/` into the notices it carries (a batch of writes names
+/// each vault it touched, with its highest new seq).
+pub(crate) fn parse_notices(payload: &str) -> Vec<Notice> {
+    if let Some(notice) = parse_notice(payload) {
+        return vec![notice];
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) else {
+        return Vec::new();
+    };
+    match (v.get("t").and_then(|t| t.as_str()), v.get("h")) {
+        (Some("entries"), Some(serde_json::Value::Object(heads))) => heads
+            .iter()
+            .filter_map(|(vault_id, seq)| {
+                Some(Notice::Entry {
+                    vault_id: vault_id.clone(),
+                    seq: seq.as_i64()?,
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Parses a NOTIFY payload written by this module.
@@ -846,6 +882,20 @@ mod tests {
             Some(Notice::Revoked(Revocation::Astation("a-1".into())))
         );
         assert_eq!(parse_notice("not json"), None);
+        assert_eq!(
+            parse_notices(r#"{"t":"entries","h":{"v-a":7,"v-b":9}}"#),
+            vec![
+                Notice::Entry {
+                    vault_id: "v-a".into(),
+                    seq: 7
+                },
+                Notice::Entry {
+                    vault_id: "v-b".into(),
+                    seq: 9
+                }
+            ]
+        );
+        assert!(parse_notices(r#"{"t":"entries","h":[]}"#).is_empty());
         assert_eq!(parse_notice(r#"{"t":"entry","v":"x"}"#), None);
     }
 }

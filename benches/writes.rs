@@ -1,0 +1,662 @@
+//! The write benchmark: appends through REST on Postgres at 1, 8 and 32
+//! concurrent writers, each figure beside a raw-Postgres baseline measured
+//! in the same run.
+//!
+//! - **relay**: the release binary as a child process on a fresh database;
+//!   each writer is one client with its own vault that appends as fast as
+//!   its answers come back (`POST /api/vault/<id>`, 200-byte entries).
+//! - **raw**: the per-append transaction straight through sqlx, no relay:
+//!   one statement per append that locks the vault row, allocates the entry
+//!   number and seq, inserts, updates the vault and notifies (the relay's
+//!   own write before it batched, kept here verbatim so that the baseline
+//!   does not move when the relay's SQL does), on a fresh database of its
+//!   own, with one connection per writer.
+//!
+//! Both run with Postgres's durability settings as they are (fsync on is
+//! checked and printed). Each figure is appends per second over the
+//! measured window and the p50/p99 latency of one append; the ratio is
+//! relay throughput over raw throughput. After each relay run the stored
+//! rows are counted against the acknowledgements.
+//!
+//! Run with `BENCH_DATABASE_URL=postgres://USER:PASSWORD@HOST/DB cargo bench
+//! --bench writes` (or `scripts/bench`); the role must be allowed to create
+//! databases. `-- --quick` measures shorter windows as a smoke test.
+//! Missed targets are reported, never fatal.
+
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T> = std::result::Result<T, BoxError>;
+
+/// The relay binary `cargo bench` builds next to this benchmark.
+const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vault-relay");
+/// Admin token of the relay this benchmark starts.
+const ADMIN_TOKEN: &str = "adm-bench-writes";
+/// Size of each entry's text, in bytes.
+const ENTRY_BYTES: usize = 200;
+/// Concurrent writers of each figure.
+const WRITERS: [usize; 3] = [1, 8, 32];
+
+/// The targets, as ratios of relay over raw throughput, by writer count.
+fn target_ratio(writers: usize) -> Option<f64> {
+    match writers {
+        32 => Some(1.5),
+        8 => Some(1.2),
+        1 => Some(0.79),
+        _ => None,
+    }
+}
+
+/// The baseline's append: the per-write transaction as one statement.
+const BASELINE_FUNCTION: &str = r#"
+create function bench_append(p_vault text, p_writer text, p_content text)
+returns table (out_entry_no bigint, out_version bigint, out_seq bigint)
+language plpgsql
+as $$
+declare
+    v_next bigint;
+    v_seq bigint;
+begin
+    select v.next_entry_no into v_next from vaults v where v.id = p_vault for update;
+    if not found then
+        raise exception 'no such vault';
+    end if;
+    v_seq := nextval('vault_seq');
+    insert into vault_entries (seq, vault_id, entry_no, version, kind, writer_id, content)
+    values (v_seq, p_vault, v_next, 1, 'content', p_writer, p_content);
+    update vaults v set
+        head_seq = v_seq,
+        next_entry_no = v.next_entry_no + 1,
+        writers = case when v.writers @> array[p_writer] then v.writers else array_append(v.writers, p_writer) end
+    where v.id = p_vault;
+    perform pg_notify('vault_relay', json_build_object('t', 'entry', 'v', p_vault, 's', v_seq)::text);
+    return query select v_next, 1::bigint, v_seq;
+end;
+$$"#;
+
+struct Plan {
+    warm_up: Duration,
+    measure: Duration,
+}
+
+const USAGE: &str = "usage: cargo bench --bench writes [-- --quick]
+  --quick  short windows, a smoke test
+  BENCH_DATABASE_URL=postgres://USER:PASSWORD@HOST/DB  required: a role that may create databases
+  scripts/bench [--quick]  runs this and the stream benchmark";
+
+fn main() -> ExitCode {
+    let mut quick = false;
+    let mut benching = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            // Accepted so that scripts/bench can pass the stream
+            // benchmark's options here too; the relay is always a child.
+            "--child" => {}
+            "--bench" => benching = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument `{other}`\n{USAGE}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !benching {
+        println!("write benchmark: skipped (it runs under `cargo bench --bench writes`)");
+        return ExitCode::SUCCESS;
+    }
+    let Some(server) = std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        println!(
+            "write benchmark: skipped: set BENCH_DATABASE_URL to a Postgres role that may create \
+             databases, e.g. BENCH_DATABASE_URL=postgres://vault_relay_test:vault_relay_test@127.0.0.1:5432/vault_relay_test \
+             (scripts/test creates that role)"
+        );
+        return ExitCode::SUCCESS;
+    };
+    let plan = if quick {
+        Plan {
+            warm_up: Duration::from_millis(300),
+            measure: Duration::from_secs(1),
+        }
+    } else {
+        Plan {
+            warm_up: Duration::from_secs(1),
+            measure: Duration::from_secs(5),
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&server, &plan, quick)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(server: &str, plan: &Plan, quick: bool) -> Result<()> {
+    println!("vault-relay write benchmark");
+    println!(
+        "command: BENCH_DATABASE_URL=... {}",
+        std::env::var("BENCH_COMMAND").unwrap_or_else(|_| format!(
+            "cargo bench --bench writes{}",
+            if quick { " -- --quick" } else { "" }
+        ))
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut admin = sqlx::PgConnection::connect(server)
+        .await
+        .map_err(|e| format!("cannot reach BENCH_DATABASE_URL: {e}"))?;
+    let settings: Vec<(String, String)> = sqlx::query_as(
+        "select name, setting from pg_settings
+         where name in ('fsync', 'synchronous_commit', 'wal_sync_method', 'commit_delay')
+         order by name",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    let version: String = sqlx::query_scalar("show server_version")
+        .fetch_one(&mut admin)
+        .await?;
+    println!(
+        "machine: {cpus} CPUs; Postgres {version} ({}); entries of {ENTRY_BYTES} bytes; \
+         each writer appends to its own vault; {} s measured after {} s of warm-up{}",
+        settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.measure.as_secs_f64(),
+        plan.warm_up.as_secs_f64(),
+        if quick {
+            "; QUICK mode: short windows"
+        } else {
+            ""
+        }
+    );
+    if settings.iter().any(|(k, v)| k == "fsync" && v != "on") {
+        println!("note: fsync is off on this server; the figures do not measure durable commits");
+    }
+    println!();
+    println!(
+        "{:>7}  {:>22}  {:>22}  {:>6}  target",
+        "writers", "relay (REST)", "raw Postgres", "ratio"
+    );
+    println!(
+        "{:>7}  {:>22}  {:>22}  {:>6}",
+        "", "appends/s  p50 / p99", "appends/s  p50 / p99", ""
+    );
+
+    let text = entry_text();
+    let mut failed = false;
+    for writers in WRITERS {
+        let raw = {
+            let db = ScratchDb::create(server, &mut admin).await?;
+            let outcome = raw_case(&db.url, writers, plan, &text).await;
+            db.drop_with(&mut admin).await;
+            outcome?
+        };
+        let relay = {
+            let db = ScratchDb::create(server, &mut admin).await?;
+            let outcome = relay_case(&db.url, writers, plan, &text).await;
+            db.drop_with(&mut admin).await;
+            outcome?
+        };
+        let ratio = relay.per_sec() / raw.per_sec().max(f64::MIN_POSITIVE);
+        let target = match target_ratio(writers) {
+            Some(t) if ratio >= t => format!(">= {t}x: met"),
+            Some(t) => format!(">= {t}x: MISSED"),
+            None => String::new(),
+        };
+        let p50_note = if writers == 1 {
+            let p50 = relay.percentile(50.0);
+            let met = if p50 < 1_300_000 { "met" } else { "MISSED" };
+            format!("; relay p50 < 1.3 ms: {met}")
+        } else {
+            String::new()
+        };
+        println!(
+            "{writers:>7}  {:>22}  {:>22}  {:>5.2}x  {target}{p50_note}",
+            relay.figure(),
+            raw.figure(),
+            ratio
+        );
+        if let Some(problem) = &relay.problem {
+            println!("         relay check FAILED: {problem}");
+            failed = true;
+        }
+    }
+    if failed {
+        return Err("acknowledged writes were not all stored as acknowledged".into());
+    }
+    Ok(())
+}
+
+fn entry_text() -> String {
+    let line = "bench entry: a note one agent leaves for the others on this vault. ";
+    line.repeat(ENTRY_BYTES / line.len() + 1)[..ENTRY_BYTES].to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Measuring.
+
+/// What one case measured.
+struct Outcome {
+    appends: u64,
+    window: Duration,
+    /// Latency of every append in the window, in nanoseconds, sorted.
+    latencies: Vec<u64>,
+    /// Set when the stored rows disagree with the acknowledgements.
+    problem: Option<String>,
+}
+
+impl Outcome {
+    fn per_sec(&self) -> f64 {
+        self.appends as f64 / self.window.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> u64 {
+        percentile(&self.latencies, p)
+    }
+
+    fn figure(&self) -> String {
+        format!(
+            "{:>6}/s  {} / {}",
+            thousands(self.per_sec().round() as u64),
+            ms(self.percentile(50.0)),
+            ms(self.percentile(99.0))
+        )
+    }
+}
+
+/// When the measured window opens and closes, shared by every writer.
+#[derive(Clone)]
+struct Window {
+    opens: Instant,
+    closes: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+/// Per writer: appends acknowledged in all, and latencies in the window.
+struct WriterLog {
+    acknowledged: u64,
+    latencies: Vec<u64>,
+}
+
+impl Window {
+    fn new(plan: &Plan) -> Window {
+        let opens = Instant::now() + plan.warm_up;
+        Window {
+            opens,
+            closes: opens + plan.measure,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs `append` in a loop until the window closes; latencies of
+    /// appends that start and end inside the window are kept.
+    async fn drive<F, Fut>(self, mut append: F) -> Result<WriterLog>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut log = WriterLog {
+            acknowledged: 0,
+            latencies: Vec::new(),
+        };
+        while !self.stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            if started >= self.closes {
+                break;
+            }
+            if let Err(e) = append().await {
+                self.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            let ended = Instant::now();
+            log.acknowledged += 1;
+            if started >= self.opens && ended <= self.closes {
+                log.latencies.push((ended - started).as_nanos() as u64);
+            }
+        }
+        Ok(log)
+    }
+
+    fn outcome(&self, logs: Vec<WriterLog>) -> Outcome {
+        let mut latencies: Vec<u64> = logs.into_iter().flat_map(|l| l.latencies).collect();
+        latencies.sort_unstable();
+        Outcome {
+            appends: latencies.len() as u64,
+            window: self.closes - self.opens,
+            latencies,
+            problem: None,
+        }
+    }
+}
+
+async fn join_all(
+    tasks: Vec<tokio::task::JoinHandle<Result<WriterLog>>>,
+) -> Result<Vec<WriterLog>> {
+    let mut logs = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        logs.push(t.await??);
+    }
+    Ok(logs)
+}
+
+async fn raw_case(url: &str, writers: usize, plan: &Plan, text: &str) -> Result<Outcome> {
+    let pool = PgPoolOptions::new()
+        .max_connections(writers as u32)
+        .min_connections(writers as u32)
+        .connect(url)
+        .await?;
+    vault_relay::store::postgres::MIGRATOR.run(&pool).await?;
+    sqlx::raw_sql(BASELINE_FUNCTION).execute(&pool).await?;
+    let mut vaults = Vec::new();
+    for i in 0..writers {
+        let id = format!("v-rawbench{i:04}");
+        sqlx::query("insert into vaults (id, summary, work_session, creator) values ($1, '', 'a-bench', 'bench')")
+            .bind(&id)
+            .execute(&pool)
+            .await?;
+        vaults.push(id);
+    }
+    let window = Window::new(plan);
+    let tasks = vaults
+        .into_iter()
+        .enumerate()
+        .map(|(i, vault)| {
+            let (pool, window, text) = (pool.clone(), window.clone(), text.to_string());
+            let writer = format!("bench-w{i}");
+            tokio::spawn(window.drive(move || {
+                append_raw(pool.clone(), vault.clone(), writer.clone(), text.clone())
+            }))
+        })
+        .collect();
+    let logs = join_all(tasks).await?;
+    pool.close().await;
+    Ok(window.outcome(logs))
+}
+
+async fn append_raw(pool: PgPool, vault: String, writer: String, text: String) -> Result<()> {
+    sqlx::query("select out_seq from bench_append($1, $2, $3)")
+        .bind(&vault)
+        .bind(&writer)
+        .bind(&text)
+        .fetch_one(&pool)
+        .await?;
+    Ok(())
+}
+
+async fn relay_case(url: &str, writers: usize, plan: &Plan, text: &str) -> Result<Outcome> {
+    let relay = Relay::start(url).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(writers * 2)
+        .build()?;
+    let base = format!("http://127.0.0.1:{}", relay.port);
+    let session = bench_session(&http, &base).await?;
+    let mut vaults = Vec::new();
+    for i in 0..writers {
+        let v = send_json(
+            http.post(format!("{base}/api/vault?id=bench-w{i}"))
+                .header("Authorization", format!("session {session}"))
+                .json(&json!({ "summary": "write benchmark" })),
+        )
+        .await?;
+        vaults.push(field_str(&v, "vault_id")?);
+    }
+    let window = Window::new(plan);
+    let tasks = vaults
+        .iter()
+        .enumerate()
+        .map(|(i, vault)| {
+            let url = format!("{base}/api/vault/{vault}?id=bench-w{i}");
+            let auth = format!("session {session}");
+            let body = json!({ "text": text });
+            let (http, window) = (http.clone(), window.clone());
+            tokio::spawn(window.drive(move || {
+                let request = http.post(&url).header("Authorization", &auth).json(&body);
+                async move {
+                    let r = send_json(request).await?;
+                    r["seq"]
+                        .as_i64()
+                        .map(|_| ())
+                        .ok_or_else(|| format!("an append answered without seq: {r}").into())
+                }
+            }))
+        })
+        .collect();
+    let logs = join_all(tasks).await?;
+    relay.stop();
+    let acknowledged: Vec<u64> = logs.iter().map(|l| l.acknowledged).collect();
+    let mut outcome = window.outcome(logs);
+    outcome.problem = check_stored(url, &vaults, &acknowledged).await?;
+    Ok(outcome)
+}
+
+/// Compares each vault's stored rows with the appends acknowledged for it:
+/// the same number, numbered e1..eN without gaps.
+async fn check_stored(
+    url: &str,
+    vaults: &[String],
+    acknowledged: &[u64],
+) -> Result<Option<String>> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    for (vault, &acked) in vaults.iter().zip(acknowledged) {
+        let (rows, top): (i64, Option<i64>) =
+            sqlx::query_as("select count(*), max(entry_no) from vault_entries where vault_id = $1")
+                .bind(vault)
+                .fetch_one(&mut conn)
+                .await?;
+        if rows as u64 != acked || top.unwrap_or(0) != rows {
+            return Ok(Some(format!(
+                "vault {vault}: {acked} appends acknowledged, {rows} rows stored, highest entry e{}",
+                top.unwrap_or(0)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Registers an astation and mints a granted session with its token.
+async fn bench_session(http: &reqwest::Client, base: &str) -> Result<String> {
+    let astation = send_json(
+        http.post(format!("{base}/api/admin/astations"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "name": "bench" })),
+    )
+    .await?;
+    let token = field_str(&astation, "token")?;
+    let session = send_json(
+        http.post(format!("{base}/api/sessions"))
+            .bearer_auth(&token)
+            .json(&json!({ "hostname": "bench" })),
+    )
+    .await?;
+    field_str(&session, "id")
+}
+
+async fn send_json(request: reqwest::RequestBuilder) -> Result<Value> {
+    let response = request.send().await?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        return Err(format!("the relay answered {status}: {body}").into());
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn field_str(v: &Value, field: &str) -> Result<String> {
+    v[field]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no `{field}` in {v}").into())
+}
+
+// ---------------------------------------------------------------------------
+// The relay child and the scratch databases.
+
+/// The release binary as a child process, killed if the benchmark ends
+/// without stopping it.
+struct Relay {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Relay {
+    async fn start(database_url: &str) -> Result<Relay> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(RELAY_BIN)
+            .env("PORT", port.to_string())
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("DATABASE_URL", database_url)
+            .env("RELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "error")
+            // The benchmark is one client writing as fast as it can: turn
+            // the per-session and per-address limits off.
+            .env("RATE_LIMIT_WRITES_PER_SEC", "0")
+            .env("RATE_LIMIT_AUTH_FAILURES_PER_MIN", "0")
+            .env("RATE_LIMIT_PAIRINGS_PER_MIN", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {RELAY_BIN}: {e}"))?;
+        let mut relay = Relay { child, port };
+        let health = format!("http://127.0.0.1:{port}/health");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = relay.child.try_wait()? {
+                return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
+            }
+            if let Ok(r) = http.get(&health).send().await
+                && r.status().is_success()
+            {
+                return Ok(relay);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{RELAY_BIN} did not answer {health} within 60 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL (by dropping) if it is still running 10 s later.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A database of its own for one case.
+struct ScratchDb {
+    name: String,
+    url: String,
+}
+
+impl ScratchDb {
+    async fn create(server: &str, admin: &mut sqlx::PgConnection) -> Result<ScratchDb> {
+        let name = format!("vr_bench_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut *admin)
+            .await
+            .map_err(|e| {
+                format!("cannot create a scratch database (the role needs createdb): {e}")
+            })?;
+        Ok(ScratchDb {
+            url: with_database(server, &name),
+            name,
+        })
+    }
+
+    async fn drop_with(self, admin: &mut sqlx::PgConnection) {
+        let sql = format!("drop database if exists {} with (force)", self.name);
+        if let Err(e) = sqlx::query(&sql).execute(&mut *admin).await {
+            eprintln!("warning: could not drop {}: {e}", self.name);
+        }
+    }
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    format!("{base}/{db}{query}")
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(nanos: u64) -> String {
+    let ms = nanos as f64 / 1e6;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
