@@ -166,6 +166,10 @@ pub struct Config {
     /// Seconds an Idempotency-Key is remembered (then swept).
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u64,
+    /// Long polls (`wait=`) this process holds at once; one more is refused
+    /// with 503 and Retry-After (0 refuses every long poll that would wait).
+    #[arg(long, env = "LONG_POLL_MAX", default_value_t = 1024)]
+    pub long_poll_max: usize,
 }
 
 /// How log lines are written.

@@ -21,6 +21,7 @@
 //!   it (`GET /metrics`).
 //! - [`idempotency`]: `Idempotency-Key` rules for creates and writes (the
 //!   store keeps keys in the write's own transaction).
+//! - [`polling`]: paged history, long polls and entity tags on reads.
 //! - [`cli`]: the operator subcommands (`astation`, `session`, `watch`).
 
 pub mod access;
@@ -33,6 +34,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod mcp;
 pub mod metrics;
+pub mod polling;
 pub mod secrets;
 pub mod shutdown;
 pub mod startup;

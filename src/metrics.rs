@@ -15,6 +15,7 @@
 //! | [`Metrics::frames_sent`]`(n)` | `vault_relay_stream_frames_sent_total` |
 //! | [`Metrics::stream_closed`]`(code)` | `vault_relay_stream_closes_total{code}` |
 //! | [`Metrics::rate_limited`]`(limit)` | `vault_relay_rate_limited_total{limit}` |
+//! | [`Metrics::long_poll_held`], keep the guard while the poll is held | `vault_relay_long_polls_held` |
 //! | (sampled from [`Store::stats`] at each scrape) | `vault_relay_listener_reconnects_total`, `vault_relay_db_pool_connections{state}` |
 //!
 //! Labels never carry a concrete path, an id or a client's words: `route`
@@ -48,6 +49,7 @@ const STREAM_CLOSES: &str = "vault_relay_stream_closes_total";
 const RATE_LIMITED: &str = "vault_relay_rate_limited_total";
 const LISTENER_RECONNECTS: &str = "vault_relay_listener_reconnects_total";
 const DB_POOL: &str = "vault_relay_db_pool_connections";
+const LONG_POLLS_HELD: &str = "vault_relay_long_polls_held";
 
 /// Upper bounds (seconds) of the request duration histogram: from a cached
 /// read to a long poll's 60 s.
@@ -148,6 +150,8 @@ impl Metrics {
             describe_counter!(RATE_LIMITED, "Requests refused with 429, by limit.");
             describe_counter!(LISTENER_RECONNECTS, "Times the Postgres LISTEN connection was re-established after it dropped.");
             describe_gauge!(DB_POOL, "Postgres pool connections, by state (idle, busy).");
+            describe_gauge!(LONG_POLLS_HELD, "Long polls (wait=) held now, waiting for a row (at most LONG_POLL_MAX).");
+            gauge!(LONG_POLLS_HELD).set(0.0);
             // Present from the first scrape, so a rate() has a start.
             counter!(FRAMES_SENT).absolute(0);
             for k in [WriteKind::Append, WriteKind::Edit, WriteKind::Summary, WriteKind::Rewrite] {
@@ -186,6 +190,14 @@ impl Metrics {
         OpenStream {
             metrics: self.clone(),
             transport,
+        }
+    }
+
+    /// Counts a long poll as held until the returned guard is dropped.
+    pub fn long_poll_held(&self) -> HeldPoll {
+        self.with(|| gauge!(LONG_POLLS_HELD).increment(1.0));
+        HeldPoll {
+            metrics: self.clone(),
         }
     }
 
@@ -262,6 +274,19 @@ impl Drop for OpenStream {
         let transport = self.transport.as_str();
         self.metrics
             .with(|| gauge!(STREAMS_OPEN, "transport" => transport).decrement(1.0));
+    }
+}
+
+/// A long poll counted in `vault_relay_long_polls_held`; dropping it
+/// uncounts it.
+#[must_use = "the poll counts as held only while this guard lives"]
+pub struct HeldPoll {
+    metrics: Metrics,
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        self.metrics.with(|| gauge!(LONG_POLLS_HELD).decrement(1.0));
     }
 }
 

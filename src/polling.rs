@@ -1,7 +1,7 @@
 //! Cheap reads: paged history (`limit`), long polls (`wait`) and entity
 //! tags (`ETag` / `If-None-Match`) on `GET /api/vault/<id>`.
 //!
-//! - A long poll is held on a hub subscription ([`crate::stream::Hub::follow`]),
+//! - A long poll is held on a hub subscription ([`crate::stream::Hub::watch`]),
 //!   the same fan-out that feeds the streams, so a commit on any replica wakes
 //!   it. A process holds at most `LONG_POLL_MAX` of them; one more is refused
 //!   with 503 and `Retry-After`. Shutdown answers held polls at once.
@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -178,8 +178,8 @@ pub async fn wait_for_row(
     since: i64,
     wait: Duration,
 ) -> Result<i64, ApiError> {
-    let _held = state.long_polls.hold()?;
-    let mut sub = state.hub.follow(vault_id, head_seq);
+    let _held = (state.long_polls.hold()?, state.metrics.long_poll_held());
+    let mut sub = state.hub.watch(vault_id, head_seq);
     // A row may have committed between the caller's read and subscribing;
     // from here on every commit reaches the subscription.
     let head = current_head(state, vault_id).await?;
@@ -228,7 +228,10 @@ mod tests {
         for bad in ["0", "1001", "-1", "+5", "a", "", "1.5"] {
             assert!(parse_limit(Some(bad)).is_err(), "{bad}");
         }
-        assert_eq!(parse_wait(Some("60")).ok(), Some(Some(Duration::from_secs(60))));
+        assert_eq!(
+            parse_wait(Some("60")).ok(),
+            Some(Some(Duration::from_secs(60)))
+        );
         for bad in ["0", "61", "-1", "1.5", "", "x"] {
             assert!(parse_wait(Some(bad)).is_err(), "{bad}");
         }
@@ -255,11 +258,21 @@ mod tests {
     #[test]
     fn the_next_link_replaces_since_and_keeps_the_rest() {
         assert_eq!(
-            next_link("http://h", "/api/vault/v", "id=c&history=true&since=4&limit=2", 9),
+            next_link(
+                "http://h",
+                "/api/vault/v",
+                "id=c&history=true&since=4&limit=2",
+                9
+            ),
             "<http://h/api/vault/v?id=c&history=true&since=9&limit=2>; rel=\"next\""
         );
         assert_eq!(
-            next_link("http://h", "/api/vault/v", "id=c%20d&history=true&limit=2", 9),
+            next_link(
+                "http://h",
+                "/api/vault/v",
+                "id=c%20d&history=true&limit=2",
+                9
+            ),
             "<http://h/api/vault/v?id=c%20d&history=true&limit=2&since=9>; rel=\"next\""
         );
     }

@@ -125,6 +125,7 @@ impl Application {
             hub,
             shutdown,
             metrics,
+            long_polls: crate::polling::LongPolls::new(config.long_poll_max),
         };
         let web_dir = http::web::locate(config.web_dir.as_deref());
         let router = http::router(state.clone(), web_dir, config.cors_origin.as_deref());

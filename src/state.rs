@@ -60,4 +60,6 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// This relay's metrics registry.
     pub metrics: Metrics,
+    /// The bound on held long polls.
+    pub long_polls: crate::polling::LongPolls,
 }

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::metrics::WriteKind;
+use crate::polling::{self, ReadRequest};
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::{
@@ -141,6 +142,83 @@ pub async fn read(
     }
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::Read).await?;
     Ok(state.store.read_entries(vault_id, view, since).await?)
+}
+
+/// A read's answer: the rows, their tag, and where the next page starts
+/// when a paged read left rows out.
+#[derive(Clone, Debug)]
+pub enum ReadAnswer {
+    /// The client's `If-None-Match` names the current tag.
+    NotModified { etag: String },
+    Rows {
+        entries: Vec<Entry>,
+        etag: String,
+        /// The `since` of the next page, when more rows remain.
+        next_since: Option<i64>,
+    },
+}
+
+/// Reads with every option of [`ReadRequest`]: paged history, a long poll
+/// when no row qualifies yet, and a tag (304 when the client has it).
+pub async fn read_with(
+    state: &AppState,
+    caller: &Caller,
+    vault_id: &str,
+    req: &ReadRequest,
+) -> Result<ReadAnswer, ApiError> {
+    polling::check(req)?;
+    let vault = access::vault_for(state.store.as_ref(), caller, vault_id, Action::Read).await?;
+    let since = req.since.unwrap_or(0);
+    // No row of either view qualifies exactly when the head is not past
+    // `since`: every write moves the head, and the newest row is always the
+    // newest version of its entry.
+    let mut head = vault.head_seq;
+    if let Some(wait) = req.wait
+        && head <= since
+    {
+        head = polling::wait_for_row(state, vault_id, head, since, wait).await?;
+    }
+    let etag = polling::etag(&state.store.epoch(), vault_id, head, req);
+    if req
+        .if_none_match
+        .as_deref()
+        .is_some_and(|tags| polling::etag_matches(tags, &etag))
+    {
+        return Ok(ReadAnswer::NotModified { etag });
+    }
+    if head <= since {
+        return Ok(ReadAnswer::Rows {
+            entries: Vec::new(),
+            etag,
+            next_since: None,
+        });
+    }
+    let (entries, next_since) = match req.limit {
+        Some(limit) => {
+            // One row more than the page tells whether another page follows.
+            let mut rows = state
+                .store
+                .entries_after(vault_id, since, limit + 1)
+                .await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            let next = if more {
+                rows.last().map(|r| r.seq)
+            } else {
+                None
+            };
+            (rows, next)
+        }
+        None => (
+            state.store.read_entries(vault_id, req.view, since).await?,
+            None,
+        ),
+    };
+    Ok(ReadAnswer::Rows {
+        entries,
+        etag,
+        next_since,
+    })
 }
 
 /// Appends (no `entry_id`) or edits entry `entry_id`.

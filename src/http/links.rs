@@ -34,7 +34,7 @@ struct CreateBody {
 }
 
 /// The base URL links point at: PUBLIC_BASE_URL, else the request's Host.
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(base) = &state.settings.public_base_url {
         return base.clone();
     }

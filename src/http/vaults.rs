@@ -2,7 +2,9 @@
 //! the viewer's vault info. The operations themselves live in
 //! [`crate::vaults`], shared with the other transports.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -11,10 +13,12 @@ use serde_json::{Value, json};
 use crate::access::{self, Action};
 use crate::auth::{Caller, Claimed, Principal};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::http::links;
 use crate::idempotency::IdempotencyKey;
+use crate::polling::{self, ReadRequest};
 use crate::state::AppState;
-use crate::store::{Entry, View, WriteReceipt};
-use crate::vaults;
+use crate::store::{View, WriteReceipt};
+use crate::vaults::{self, ReadAnswer};
 
 /// Routes under `/api/vault`.
 pub fn router() -> Router<AppState> {
@@ -46,6 +50,8 @@ struct SummaryBody {
 struct ReadQuery {
     since: Option<String>,
     history: Option<String>,
+    limit: Option<String>,
+    wait: Option<String>,
 }
 
 /// Parses a `since` cursor: a non-negative integer.
@@ -89,12 +95,53 @@ async fn read(
     caller: Caller,
     ApiPath(vault_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReadQuery>,
-) -> Result<Json<Vec<Entry>>, ApiError> {
-    let since = parse_since(q.since.as_deref())?;
-    let view = parse_history(q.history.as_deref())?;
-    Ok(Json(
-        vaults::read(&state, &caller, &vault_id, view, since).await?,
-    ))
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let if_none_match = match headers.get(header::IF_NONE_MATCH) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("If-None-Match is not a list of tags"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let req = ReadRequest {
+        view: parse_history(q.history.as_deref())?,
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_since(Some(s)))
+            .transpose()?,
+        limit: polling::parse_limit(q.limit.as_deref())?,
+        wait: polling::parse_wait(q.wait.as_deref())?,
+        if_none_match,
+    };
+    let answer = vaults::read_with(&state, &caller, &vault_id, &req).await?;
+    Ok(match answer {
+        ReadAnswer::NotModified { etag } => {
+            (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response()
+        }
+        ReadAnswer::Rows {
+            entries,
+            etag,
+            next_since,
+        } => {
+            let mut response = ([(header::ETAG, etag)], Json(entries)).into_response();
+            if let Some(next) = next_since {
+                let link = polling::next_link(
+                    &links::base_url(&state, &headers),
+                    &format!("/api/vault/{vault_id}"),
+                    raw_query.as_deref().unwrap_or_default(),
+                    next,
+                );
+                if let Ok(value) = HeaderValue::from_str(&link) {
+                    response.headers_mut().insert(header::LINK, value);
+                }
+            }
+            response
+        }
+    })
 }
 
 async fn write(

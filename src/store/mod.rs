@@ -106,9 +106,10 @@ impl Committed {
 }
 
 /// Which rows a read returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum View {
     /// The newest version of each entry, by `entry_no`.
+    #[default]
     Current,
     /// Every row, by `seq`.
     History,

@@ -14,6 +14,7 @@ mod logs;
 mod mcp;
 mod metrics;
 mod pg_only;
+mod polling;
 mod sessions;
 mod shutdown;
 mod store;
