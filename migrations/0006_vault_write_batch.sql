@@ -9,14 +9,20 @@
 --   2. the vault exists                                          else 'vault'
 --   3. the session's astation is the vault's work session        else 'forbidden'
 --      (the write rule of src/access.rs, which is its documented source)
---   4. an edit (p_entries[i] not null) names an existing entry   else 'entry'
+--   4. the work session's encryption mode accepts the content
+--      (encryption_refusal, 0004_encryption.sql)                else 'mode <mode> <kid>'
+--   5. an edit (p_entries[i] not null) names an existing entry   else 'entry'
 -- and then appends or edits as vault_write() (0002) does. A refused item
 -- writes nothing and the others go on: no exception is raised, so one bad
 -- write never rolls back its neighbours.
 --
 -- Locks: every vault of the batch is locked first, in id order, so that two
 -- batches that share vaults (on any replicas) wait for each other instead of
--- deadlocking. Every later statement takes a fresh snapshot (READ
+-- deadlocking. The encryption mode rows of the batch's work sessions are
+-- created (when missing) next, in work session order, for the same reason;
+-- each item's mode check then holds its work session's mode row FOR SHARE
+-- until the batch commits, so a change of mode waits for the batch and
+-- counts what it wrote. Every later statement takes a fresh snapshot (READ
 -- COMMITTED), so it sees every write committed before the locks were
 -- granted; entry numbers, versions and seqs are allocated under the locks,
 -- so within a vault seq order equals commit order.
@@ -56,6 +62,10 @@ declare
     v_heads jsonb := '{}'::jsonb;
 begin
     perform 1 from vaults v where v.id = any(p_vaults) order by v.id for update;
+    insert into encryption_modes (work_session)
+    select distinct v.work_session from vaults v where v.id = any(p_vaults)
+    order by 1
+    on conflict do nothing;
     for i in 1 .. v_n loop
         out_error := null;
         out_entry_no := null;
@@ -80,6 +90,12 @@ begin
         end if;
         if v_work_session is distinct from v_vault_session then
             out_error := 'forbidden';
+            return next;
+            continue;
+        end if;
+        out_error := encryption_refusal(v_vault_session, p_contents[i]);
+        if out_error is not null then
+            out_error := 'mode ' || out_error;
             return next;
             continue;
         end if;

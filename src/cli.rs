@@ -12,7 +12,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth;
-use crate::config::{AstationCommand, Command, Config, RelayClientArgs, SessionCommand, WatchArgs};
+use crate::config::{
+    AstationCommand, Command, Config, EncryptionCommand, RelayClientArgs, SessionCommand, WatchArgs,
+};
 use crate::startup::open_store;
 use crate::stream::frames::CLOSE_REVOKED;
 
@@ -27,6 +29,7 @@ pub async fn run(command: Command, config: &Config) -> ExitCode {
         }) => grant(&session_id, &code, &relay).await,
         Command::Watch(args) => watch(args).await,
         Command::Mcp(args) => crate::mcp::bridge::run(args).await,
+        Command::Encryption(cmd) => encryption(cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +109,45 @@ async fn grant(session_id: &str, code: &str, relay: &RelayClientArgs) -> Result<
             body["error"].as_str().unwrap_or("no details")
         ))
     }
+}
+
+async fn encryption(cmd: EncryptionCommand) -> Result<(), String> {
+    let (relay, change) = match &cmd {
+        EncryptionCommand::Status { relay } => (relay, None),
+        EncryptionCommand::Set { mode, kid, relay } => {
+            (relay, Some(serde_json::json!({ "mode": mode, "kid": kid })))
+        }
+    };
+    let url = format!("{}/api/encryption", relay.relay_url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let request = match change {
+        Some(body) => client.post(url).json(&body),
+        None => client.get(url),
+    };
+    let response = request
+        .bearer_auth(&relay.astation_token)
+        .send()
+        .await
+        .map_err(|e| format!("could not reach the relay: {e}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        return Err(format!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("no details")
+        ));
+    }
+    println!("mode:       {}", body["mode"].as_str().unwrap_or("?"));
+    println!("kid:        {}", body["kid"].as_str().unwrap_or("-"));
+    println!(
+        "updated_at: {}",
+        body["updated_at"].as_str().unwrap_or("never")
+    );
+    println!(
+        "fields:     {} plaintext, {} ciphertext, {} obsolete",
+        body["plaintext_fields"], body["ciphertext_fields"], body["obsolete_fields"]
+    );
+    Ok(())
 }
 
 /// One line per entry: `e3 v2 [writer] text`.

@@ -34,6 +34,30 @@ pub enum Command {
     /// Serve MCP on stdin/stdout, forwarding to a relay's /mcp (for agents
     /// that only start stdio MCP servers).
     Mcp(McpArgs),
+    /// Show or change the work session's end-to-end encryption mode, as an
+    /// astation (token from ASTATION_TOKEN).
+    #[command(subcommand)]
+    Encryption(EncryptionCommand),
+}
+
+/// `vault-relay encryption ...`
+#[derive(Debug, Subcommand)]
+pub enum EncryptionCommand {
+    /// Print the mode, the kid and how many fields are plaintext,
+    /// ciphertext or obsolete.
+    Status {
+        #[command(flatten)]
+        relay: RelayClientArgs,
+    },
+    /// Change the mode: off, enabling (with --kid), on or disabling.
+    Set {
+        mode: String,
+        /// The key id (8 lowercase hex characters) for enabling.
+        #[arg(long)]
+        kid: Option<String>,
+        #[command(flatten)]
+        relay: RelayClientArgs,
+    },
 }
 
 /// `vault-relay astation ...`
@@ -170,6 +194,11 @@ pub struct Config {
     /// with 503 and Retry-After (0 refuses every long poll that would wait).
     #[arg(long, env = "LONG_POLL_MAX", default_value_t = 1024)]
     pub long_poll_max: usize,
+    /// Largest request body of the encryption rewrite route
+    /// (`POST /api/vault/{id}/encryption`), in bytes: it carries a whole
+    /// vault's rows.
+    #[arg(long, env = "MAX_REWRITE_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_rewrite_body_bytes: usize,
 }
 
 /// How log lines are written.

@@ -138,6 +138,15 @@ impl From<StoreError> for ApiError {
                 ApiError::Unauthorized("this session cannot be used; pair again".into())
             }
             StoreError::WriteForbidden => ApiError::Forbidden(crate::access::WRITE_REFUSAL.into()),
+            StoreError::ModeMismatch(state) => ApiError::Conflict(format!(
+                "the value does not match the encryption mode ({}) of this work session; \
+                 nothing was written",
+                state.mode
+            )),
+            StoreError::Transition(t) => ApiError::Conflict(t.to_string()),
+            StoreError::RowNotFound { entry_no, version } => ApiError::NotFound(format!(
+                "e{entry_no} v{version} does not exist in this vault"
+            )),
         }
     }
 }

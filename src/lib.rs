@@ -22,12 +22,15 @@
 //! - [`idempotency`]: `Idempotency-Key` rules for creates and writes (the
 //!   store keeps keys in the write's own transaction).
 //! - [`polling`]: paged history, long polls and entity tags on reads.
+//! - [`encryption`]: envelopes, encryption modes per work session, the
+//!   rewrite route's operation.
 //! - [`cli`]: the operator subcommands (`astation`, `session`, `watch`).
 
 pub mod access;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod encryption;
 pub mod error;
 pub mod http;
 pub mod idempotency;

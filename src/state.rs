@@ -26,6 +26,8 @@ pub struct Settings {
     pub metrics_public: bool,
     /// How long an Idempotency-Key is remembered.
     pub idempotency_ttl: Duration,
+    /// Body limit of the rewrite route (`MAX_REWRITE_BODY_BYTES`).
+    pub max_rewrite_body_bytes: usize,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
             stream_send_timeout: Duration::from_millis(config.stream_send_timeout_ms.max(100)),
             metrics_public: config.metrics_public,
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs.max(1)),
+            max_rewrite_body_bytes: config.max_rewrite_body_bytes,
         }
     }
 }

@@ -2,12 +2,18 @@
 //! other front doors as they come): input rules, the access check and the
 //! store call, in that order. Transports only parse their own wire format
 //! and shape the reply, so a rule added here holds everywhere at once.
+//!
+//! Every write (a new vault's summary, append, edit, summary change) is
+//! checked against the work session's encryption mode by the store, in the
+//! write's own atomic step; a refusal is a 409 that says what the mode
+//! wants ([`encryption::explain_write`]).
 
 use crate::access::{self, Action};
 use crate::auth::{self, Caller, Claimed, Principal};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::encryption;
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::metrics::WriteKind;
@@ -18,16 +24,19 @@ use crate::store::{
     Entry, Keyed, NewEntry, NewVault, StoreError, Vault, VaultListItem, View, WriteReceipt,
 };
 
-/// Checks a text field against the NUL rule and the size limit.
+/// Checks a text field against the NUL rule and the size limit: `max_bytes`
+/// for plaintext, and for an envelope the length of the envelope that seals
+/// `max_bytes` ([`encryption::text_limit`]).
 pub fn validate_text(field: &str, text: &str, max_bytes: usize) -> Result<(), ApiError> {
     if text.contains('\0') {
         return Err(ApiError::bad_request(format!(
             "`{field}` contains a NUL character, which cannot be stored"
         )));
     }
-    if text.len() > max_bytes {
+    let limit = encryption::text_limit(text, max_bytes);
+    if text.len() > limit {
         return Err(ApiError::TooLarge(format!(
-            "`{field}` is {} bytes; the limit is {max_bytes} bytes",
+            "`{field}` is {} bytes; the limit is {limit} bytes",
             text.len()
         )));
     }
@@ -78,6 +87,9 @@ pub async fn create_keyed(
             state.settings.idempotency_ttl,
         )
     });
+    // The store checks the encryption mode inside the write itself.
+    let seen = encryption::Seen::of(&summary);
+    let refused = |e| encryption::explain_write(e, "summary", &seen);
     let new = NewVault {
         id: secrets::vault_id(),
         summary,
@@ -85,9 +97,14 @@ pub async fn create_keyed(
         creator: caller.client_id.clone(),
     };
     let Some(claim) = claim else {
-        return Ok(state.store.create_vault(new).await?);
+        return state.store.create_vault(new).await.map_err(refused);
     };
-    match state.store.create_vault_keyed(new, &claim).await? {
+    match state
+        .store
+        .create_vault_keyed(new, &claim)
+        .await
+        .map_err(refused)?
+    {
         Keyed::Done(vault) => Ok(vault),
         Keyed::Prior(prior) => {
             #[derive(Deserialize)]
@@ -267,6 +284,9 @@ pub async fn write_keyed(
         )),
         _ => None,
     };
+    // The store checks the encryption mode inside the write itself.
+    let seen = encryption::Seen::of(&text);
+    let refused = |e| encryption::explain_write(e, "text", &seen);
     let new = NewEntry {
         vault_id: vault_id.to_string(),
         entry_no: entry_id,
@@ -274,8 +294,13 @@ pub async fn write_keyed(
         content: text,
     };
     let receipt = match claim {
-        None => state.store.write_entry(new).await?,
-        Some(claim) => match state.store.write_entry_keyed(new, &claim).await? {
+        None => state.store.write_entry(new).await.map_err(refused)?,
+        Some(claim) => match state
+            .store
+            .write_entry_keyed(new, &claim)
+            .await
+            .map_err(refused)?
+        {
             Keyed::Done(receipt) => receipt,
             // A replay wrote nothing, so it counts as no write.
             Keyed::Prior(prior) => return idempotency::replay(&claim, &prior),
@@ -358,6 +383,8 @@ async fn write_as_session(
         auth::session_principal(store, session_hash).await?;
         return Err(e);
     }
+    // The store checks the encryption mode inside the write itself.
+    let seen = encryption::Seen::of(&text);
     let new = NewEntry {
         vault_id: vault_id.to_string(),
         entry_no: entry_id,
@@ -376,7 +403,7 @@ async fn write_as_session(
             auth::session_principal(store, session_hash).await?;
             Err(StoreError::SessionRefused.into())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(encryption::explain_write(e, "text", &seen)),
     }
 }
 
@@ -389,7 +416,11 @@ pub async fn set_summary(
 ) -> Result<(), ApiError> {
     validate_text("text", text, state.settings.max_entry_bytes)?;
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::SetSummary).await?;
-    state.store.set_summary(vault_id, text).await?;
+    state
+        .store
+        .set_summary(vault_id, text)
+        .await
+        .map_err(|e| encryption::explain_write(e, "text", &encryption::Seen::of(text)))?;
     state.metrics.write(WriteKind::Summary);
     Ok(())
 }

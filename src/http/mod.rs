@@ -2,6 +2,7 @@
 //! Handlers parse, ask [`crate::access`], call the store and shape the reply.
 
 pub mod admin;
+pub mod encryption;
 pub mod health;
 pub mod links;
 pub mod mcp;
@@ -32,6 +33,7 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
         .merge(links::router())
         .merge(sessions::router())
         .merge(admin::router())
+        .merge(encryption::router(state.settings.max_rewrite_body_bytes))
         .merge(health::router())
         .merge(mcp::router(&state))
         .merge(metrics::router())

@@ -182,6 +182,7 @@ async fn info(
     ApiPath(vault_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let vault = access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
+    let encryption = state.store.encryption_mode(&vault.work_session).await?;
     Ok(Json(json!({
         "vault_id": vault.id,
         "summary": vault.summary,
@@ -190,6 +191,7 @@ async fn info(
         "created_at": vault.created_at,
         "can_write": access::allows(&caller, &vault, Action::Write),
         "read_only_link": matches!(caller.principal, Principal::Link { .. }),
+        "encryption": {"mode": encryption.mode, "kid": encryption.kid},
     })))
 }
 

@@ -10,6 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use crate::encryption::{self, FieldCounts, ModeChange, ModeState, Rewrite, mode::Plan};
+
 use super::{
     Astation, Committed, Entry, IdempotencyClaim, KIND_CONTENT, Keyed, NewEntry, NewVault, Notice,
     PriorResponse, ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError,
@@ -33,6 +35,8 @@ struct State {
     watchers: Vec<WatcherRecord>,
     /// Idempotency keys by (work session, client id, key).
     idempotency: HashMap<(String, String, String), StoredKey>,
+    /// Encryption modes by work session; absent means never set (off).
+    modes: HashMap<String, ModeState>,
 }
 
 struct StoredKey {
@@ -42,6 +46,42 @@ struct StoredKey {
 }
 
 impl State {
+    fn work_session_of(&self, vault_id: &str) -> StoreResult<String> {
+        self.vaults
+            .get(vault_id)
+            .map(|v| v.vault.work_session.clone())
+            .ok_or(StoreError::VaultNotFound)
+    }
+
+    fn mode(&self, work_session: &str) -> ModeState {
+        self.modes.get(work_session).cloned().unwrap_or_default()
+    }
+
+    /// The write-side mode check: every write calls it under the lock,
+    /// before it changes anything.
+    fn admit(&self, work_session: &str, value: &str) -> StoreResult<()> {
+        let mode = self.mode(work_session);
+        if encryption::mode::accepts_write(&mode, value) {
+            Ok(())
+        } else {
+            Err(StoreError::ModeMismatch(mode))
+        }
+    }
+
+    fn counts(&self, work_session: &str, kid: Option<&str>) -> FieldCounts {
+        let vaults = self
+            .vaults
+            .values()
+            .filter(|v| v.vault.work_session == work_session);
+        FieldCounts::of(
+            vaults.flat_map(|v| {
+                std::iter::once(v.vault.summary.as_str())
+                    .chain(v.rows.iter().map(|r| r.content.as_str()))
+            }),
+            kid,
+        )
+    }
+
     /// The live record of a claim's key, if any.
     fn prior(&self, claim: &IdempotencyClaim) -> Option<PriorResponse> {
         let id = key_id(claim);
@@ -70,6 +110,7 @@ impl State {
         if self.vaults.contains_key(&new.id) {
             return Err(StoreError::Conflict(format!("vault {} exists", new.id)));
         }
+        self.admit(&new.work_session, &new.summary)?;
         let vault = Vault {
             id: new.id.clone(),
             summary: new.summary,
@@ -165,6 +206,9 @@ impl State {
     /// Appends or edits (the caller holds the lock, so this is atomic).
     fn write(&mut self, new: NewEntry) -> StoreResult<Written> {
         let seq = self.next_seq + 1;
+        // The encryption mode check, before anything changes.
+        let work_session = self.work_session_of(&new.vault_id)?;
+        self.admit(&work_session, &new.content)?;
         let vs = self
             .vaults
             .get_mut(&new.vault_id)
@@ -302,11 +346,14 @@ impl Store for MemoryStore {
         Ok(match view {
             View::History => vs.rows.iter().filter(|r| r.seq > since).cloned().collect(),
             View::Current => {
-                // Rows are in seq order, so the last row of an entry is its
-                // newest version.
+                // The newest version of each entry (after a rewrite it is not
+                // always the entry's last row in seq order).
                 let mut newest: HashMap<i64, &Entry> = HashMap::new();
                 for row in &vs.rows {
-                    newest.insert(row.entry_no, row);
+                    let slot = newest.entry(row.entry_no).or_insert(row);
+                    if row.version > slot.version {
+                        *slot = row;
+                    }
                 }
                 let mut current: Vec<Entry> = newest
                     .into_values()
@@ -335,6 +382,8 @@ impl Store for MemoryStore {
     async fn set_summary(&self, vault_id: &str, summary: &str) -> StoreResult<()> {
         {
             let mut st = self.lock();
+            let work_session = st.work_session_of(vault_id)?;
+            st.admit(&work_session, summary)?;
             let vs = st
                 .vaults
                 .get_mut(vault_id)
@@ -648,5 +697,126 @@ impl Store for MemoryStore {
         };
         self.announce_entry(&written);
         Ok(written.committed)
+    }
+
+    async fn encryption_mode(&self, work_session: &str) -> StoreResult<ModeState> {
+        Ok(self.lock().mode(work_session))
+    }
+
+    async fn encryption_counts(
+        &self,
+        work_session: &str,
+        kid: Option<&str>,
+    ) -> StoreResult<FieldCounts> {
+        Ok(self.lock().counts(work_session, kid))
+    }
+
+    async fn set_encryption_mode(
+        &self,
+        work_session: &str,
+        change: &ModeChange,
+    ) -> StoreResult<(ModeState, FieldCounts)> {
+        let (after, counts, moved) = {
+            let mut st = self.lock();
+            let current = st.mode(work_session);
+            let plan = encryption::mode::plan(&current, change, || {
+                st.counts(work_session, current.kid.as_deref())
+            })?;
+            let (after, moved) = match plan {
+                Plan::Keep => (current, false),
+                Plan::Move { mode, kid } => {
+                    let after = ModeState {
+                        mode,
+                        kid,
+                        updated_at: Some(super::now()),
+                    };
+                    st.modes.insert(work_session.to_string(), after.clone());
+                    (after, true)
+                }
+            };
+            let counts = st.counts(work_session, after.kid.as_deref());
+            (after, counts, moved)
+        };
+        if moved {
+            self.announce(Notice::Encryption {
+                work_session: work_session.to_string(),
+            });
+        }
+        Ok((after, counts))
+    }
+
+    async fn rewrite_vault(&self, rewrite: &Rewrite) -> StoreResult<i64> {
+        let (first_seq, count) = {
+            let mut st = self.lock();
+            let work_session = st.work_session_of(&rewrite.vault_id)?;
+            let mode = st.mode(&work_session);
+            let fits = encryption::mode::rewrite_runs_in(mode.mode)
+                && encryption::mode::accepts_rewrite(&mode, &rewrite.summary)
+                && rewrite
+                    .entries
+                    .iter()
+                    .all(|r| encryption::mode::accepts_rewrite(&mode, &r.content));
+            if !fits {
+                return Err(StoreError::ModeMismatch(mode));
+            }
+            let next_seq = st.next_seq;
+            let vs = st
+                .vaults
+                .get_mut(&rewrite.vault_id)
+                .ok_or(StoreError::VaultNotFound)?;
+            let index: HashMap<(i64, i64), usize> = vs
+                .rows
+                .iter()
+                .enumerate()
+                .map(|(at, row)| ((row.entry_no, row.version), at))
+                .collect();
+            let mut positions = Vec::with_capacity(rewrite.entries.len());
+            for r in &rewrite.entries {
+                let at = index.get(&(r.entry_no, r.version)).copied().ok_or(
+                    StoreError::RowNotFound {
+                        entry_no: r.entry_no,
+                        version: r.version,
+                    },
+                )?;
+                positions.push(at);
+            }
+            // Checks are done; from here on nothing fails. Rewritten rows
+            // leave their place and join the end of the log with fresh
+            // seqs, in the order listed, so rows stay in seq order.
+            let mut moved: Vec<Entry> = positions.iter().map(|&at| vs.rows[at].clone()).collect();
+            let mut leaving = vec![false; vs.rows.len()];
+            for at in positions {
+                leaving[at] = true;
+            }
+            let mut at = 0;
+            vs.rows.retain(|_| {
+                at += 1;
+                !leaving[at - 1]
+            });
+            let mut seq = next_seq;
+            for (row, r) in moved.iter_mut().zip(&rewrite.entries) {
+                seq += 1;
+                row.seq = seq;
+                row.content = r.content.clone();
+            }
+            vs.rows.extend(moved);
+            vs.vault.summary = rewrite.summary.clone();
+            let count = rewrite.entries.len() as i64;
+            if count > 0 {
+                vs.vault.head_seq = seq;
+            }
+            st.next_seq = seq;
+            (next_seq + 1, count)
+        };
+        for seq in first_seq..first_seq + count {
+            self.announce(Notice::Entry {
+                vault_id: rewrite.vault_id.clone(),
+                seq,
+            });
+        }
+        self.announce(Notice::Summary {
+            vault_id: rewrite.vault_id.clone(),
+        });
+        Ok(count)
     }
 }

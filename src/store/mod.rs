@@ -13,6 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::encryption::{FieldCounts, ModeChange, ModeState, Rewrite};
+
 /// The current time at the precision both stores keep (Postgres keeps
 /// microseconds), so a value reads back exactly as it was written.
 pub fn now() -> DateTime<Utc> {
@@ -226,6 +228,8 @@ pub enum Notice {
     Presence { vault_id: String },
     /// Credentials were revoked; open streams that use them must close.
     Revoked(Revocation),
+    /// A work session's encryption mode changed.
+    Encryption { work_session: String },
     /// Notices may have been lost (the listener reconnected, or a receiver
     /// lagged): every subscriber must catch up from the store.
     Resync,
@@ -308,6 +312,16 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store fault: {0}")]
     Fault(String),
+    /// The work session's encryption mode refuses the value (nothing was
+    /// written); carries the mode that refused it.
+    #[error("the value does not match the encryption mode ({})", .0.mode)]
+    ModeMismatch(crate::encryption::ModeState),
+    /// A change of encryption mode that the rules or its gate refuse.
+    #[error("{0}")]
+    Transition(#[from] crate::encryption::mode::TransitionError),
+    /// A rewrite named a row that does not exist.
+    #[error("vault has no row e{entry_no} v{version}")]
+    RowNotFound { entry_no: i64, version: i64 },
 }
 
 /// Store results.
@@ -445,6 +459,34 @@ pub trait Store: Send + Sync + 'static {
     /// holds for the very next write on every replica, without a separate
     /// session lookup per write.
     async fn write_as(&self, session_hash: &str, entry: NewEntry) -> StoreResult<Committed>;
+    // End-to-end encryption (src/encryption). Every write above (create,
+    // write_entry, set_summary) checks the value against the vault's work
+    // session's mode in its own atomic step and fails with
+    // `StoreError::ModeMismatch`, writing nothing, when the mode refuses it.
+    /// A work session's mode (`off`, never set, when there is none).
+    async fn encryption_mode(&self, work_session: &str) -> StoreResult<ModeState>;
+    /// How the work session's fields count against `kid`: every summary and
+    /// every row version of its vaults.
+    async fn encryption_counts(
+        &self,
+        work_session: &str,
+        kid: Option<&str>,
+    ) -> StoreResult<FieldCounts>;
+    /// Changes the mode as [`crate::encryption::mode::plan`] decides, with
+    /// the gate's counts taken in the same atomic step (no write of the work
+    /// session commits in between), and announces the change. Returns the
+    /// mode after the change and the counts against its kid.
+    async fn set_encryption_mode(
+        &self,
+        work_session: &str,
+        change: &ModeChange,
+    ) -> StoreResult<(ModeState, FieldCounts)>;
+    /// The rewrite route's step, under the vault's write lock: checks the
+    /// mode (`ModeMismatch`) and that every listed row exists (`RowNotFound`,
+    /// the first missing one), then sets the summary and each row's content,
+    /// giving each row a fresh seq in the order listed. All or nothing;
+    /// returns how many rows were rewritten.
+    async fn rewrite_vault(&self, rewrite: &Rewrite) -> StoreResult<i64>;
 
     // Operational figures, sampled by `/metrics` at each scrape.
     /// The store's connection figures now; the default has none.

@@ -65,6 +65,12 @@ pub fn reset(epoch: &str) -> Utf8Bytes {
     text(json!({ "type": "reset", "epoch": epoch }))
 }
 
+/// `{"type": "encryption", "mode", "kid"}`: the vault's work session's
+/// encryption mode, after hello and whenever it changes.
+pub fn encryption(mode: &crate::encryption::ModeState) -> Utf8Bytes {
+    text(json!({ "type": "encryption", "mode": mode.mode, "kid": mode.kid }))
+}
+
 /// Most watchers listed in one presence frame; `count` is always the total.
 pub const MAX_LISTED_WATCHERS: usize = 100;
 

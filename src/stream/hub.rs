@@ -33,6 +33,9 @@ struct VaultChannel {
     /// the local fast path ([`Hub::publish_committed`]) both advance it, each
     /// sending under this lock, so no row is sent twice or skipped.
     pumped: Mutex<i64>,
+    /// The vault's work session, learned the first time a change of
+    /// encryption mode needs it (it never changes).
+    work_session: std::sync::OnceLock<String>,
 }
 
 impl VaultChannel {
@@ -177,6 +180,7 @@ impl Hub {
                 Arc::new(VaultChannel {
                     tx: broadcast::channel(self.inner.capacity).0,
                     pumped: Mutex::new(head_seq),
+                    work_session: std::sync::OnceLock::new(),
                 })
             });
             ch.tx.subscribe()
@@ -208,6 +212,7 @@ impl Hub {
             // Vault -> the highest seq announced (i64::MAX: re-read anyway).
             let mut entries: HashMap<String, i64> = failed.drain().map(|v| (v, i64::MAX)).collect();
             let mut summaries: HashSet<String> = HashSet::new();
+            let mut modes: HashSet<String> = HashSet::new();
             let mut resync = false;
             let mut next = Some(first);
             let mut folded = 0;
@@ -225,6 +230,9 @@ impl Hub {
                     }
                     Ok(Notice::Revoked(r)) => {
                         let _ = self.inner.revocations.send(r);
+                    }
+                    Ok(Notice::Encryption { work_session }) => {
+                        modes.insert(work_session);
                     }
                     Ok(Notice::Resync) => resync = true,
                     // Lagged (or a retry tick): we may have missed notices,
@@ -259,6 +267,53 @@ impl Hub {
             for vault_id in summaries {
                 self.push_summary(&vault_id).await;
             }
+            if resync || !modes.is_empty() {
+                self.push_encryption(if resync { None } else { Some(&modes) })
+                    .await;
+            }
+        }
+    }
+
+    /// Sends an `encryption` frame to the local subscribers of every vault
+    /// of the given work sessions (`None`: of every watched vault).
+    async fn push_encryption(&self, work_sessions: Option<&HashSet<String>>) {
+        let watched: Vec<(String, Arc<VaultChannel>)> = self
+            .channels()
+            .iter()
+            .map(|(id, ch)| (id.clone(), ch.clone()))
+            .collect();
+        let mut frames_by_session: std::collections::HashMap<String, Utf8Bytes> =
+            std::collections::HashMap::new();
+        for (vault_id, ch) in watched {
+            let work_session = match ch.work_session.get() {
+                Some(ws) => ws.clone(),
+                None => match self.inner.store.vault(&vault_id).await {
+                    Ok(Some(v)) => ch.work_session.get_or_init(|| v.work_session).clone(),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a vault's work session failed");
+                        continue;
+                    }
+                },
+            };
+            if work_sessions.is_some_and(|set| !set.contains(&work_session)) {
+                continue;
+            }
+            let frame = match frames_by_session.get(&work_session) {
+                Some(f) => f.clone(),
+                None => match self.inner.store.encryption_mode(&work_session).await {
+                    Ok(mode) => {
+                        let f = frames::encryption(&mode);
+                        frames_by_session.insert(work_session, f.clone());
+                        f
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading an encryption mode failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = ch.tx.send(Event::Frame(frame));
         }
     }
 

@@ -235,6 +235,13 @@ async fn run(
         send(sink, req.send_timeout, p).await?;
         metrics.frames_sent(1);
     }
+    // Read after subscribing: a change of mode from here on also arrives live.
+    let mode = hub
+        .store()
+        .encryption_mode(&vault.work_session)
+        .await
+        .map_err(|e| End::Fault(e.to_string()))?;
+    send(sink, req.send_timeout, frames::encryption(&mode)).await?;
 
     let since = match (&req.epoch, req.since) {
         (Some(e), _) if *e != epoch => {

@@ -7,6 +7,7 @@
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
+use super::encryption;
 use crate::store::{Committed, Entry, KIND_CONTENT, NewEntry, StoreError, StoreResult};
 
 /// One content write of a batch.
@@ -72,6 +73,10 @@ pub async fn commit(pool: &PgPool, items: Vec<Item>) -> Vec<StoreResult<Committe
                 Some("forbidden") => return Err(StoreError::WriteForbidden),
                 Some("entry") => {
                     return Err(StoreError::EntryNotFound(entry_no.unwrap_or_default()));
+                }
+                // 'mode <mode> <kid>': the encryption mode refused it.
+                Some(mode) if mode.starts_with("mode ") => {
+                    return Err(encryption::refusal_from(&mode["mode ".len()..]));
                 }
                 Some(other) => {
                     return Err(StoreError::Fault(format!(

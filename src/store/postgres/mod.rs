@@ -5,6 +5,7 @@
 //! [`listener`] turns those notices into [`Notice`]s.
 
 pub mod batch;
+mod encryption;
 pub mod idempotency;
 pub mod listener;
 
@@ -19,6 +20,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
+use crate::encryption::{FieldCounts, ModeChange, ModeState, Rewrite};
+
 use super::{
     Astation, Committed, Entry, IdempotencyClaim, Keyed, NewEntry, NewVault, Notice, PoolStats,
     ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError, StoreResult, StoreStats,
@@ -32,6 +35,21 @@ pub const CHANNEL: &str = "vault_relay";
 /// SQLSTATEs raised by `vault_write` (migrations/0002_vault_write.sql).
 const SQLSTATE_NO_VAULT: &str = "VR001";
 const SQLSTATE_NO_ENTRY: &str = "VR002";
+
+/// Maps an error of a vault write: the SQLSTATEs our functions raise for a
+/// missing vault and for a value the encryption mode refuses, else the
+/// generic mapping.
+fn store_error(e: sqlx::Error) -> StoreError {
+    if let Some(refused) = encryption::mode_mismatch(&e) {
+        return refused;
+    }
+    match e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_VAULT) => {
+            StoreError::VaultNotFound
+        }
+        other => other.into(),
+    }
+}
 
 /// Embedded SQL migrations from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -205,10 +223,13 @@ fn link_from_row(row: &PgRow) -> Result<ReadLink, sqlx::Error> {
 const ENTRY_COLUMNS: &str = "seq, entry_no, version, kind, writer_id, content, created_at";
 const VAULT_COLUMNS: &str = "id, summary, work_session, creator, created_at, writers, head_seq";
 
-/// Inserts a vault row.
+/// Inserts a vault row. The encryption mode check runs in the same
+/// statement (`encryption_check`, migrations/0004_encryption.sql) and raises
+/// when the work session's mode refuses the summary.
 async fn insert_vault<'e>(exec: impl PgExecutor<'e>, new: &NewVault) -> StoreResult<Vault> {
     let row = sqlx::query(&format!(
-        "insert into vaults (id, summary, work_session, creator) values ($1, $2, $3, $4)
+        "insert into vaults (id, summary, work_session, creator)
+         select $1, $2, $3, $4 where encryption_check($3, $2)
          returning {VAULT_COLUMNS}"
     ))
     .bind(&new.id)
@@ -221,15 +242,18 @@ async fn insert_vault<'e>(exec: impl PgExecutor<'e>, new: &NewVault) -> StoreRes
         sqlx::Error::Database(d) if d.is_unique_violation() => {
             StoreError::Conflict(format!("vault {} exists", new.id))
         }
-        other => other.into(),
+        other => store_error(other),
     })?;
     Ok(vault_from_row(&row)?)
 }
 
-/// One content write through `vault_write` (migrations/0002), which locks
-/// the vault row, allocates the entry number, version and seq under that
-/// lock, inserts, updates the writer list and notifies: one statement, one
-/// round trip (and, on the pool, one transaction).
+/// One content write through `vault_write` (migrations/0002, with the
+/// encryption mode check added in 0004), which locks the vault row, checks
+/// the value against the work session's encryption mode (holding its mode
+/// row FOR SHARE until the transaction ends), allocates the entry number,
+/// version and seq under that lock, inserts, updates the writer list and
+/// notifies: one statement, one round trip (and, on the pool, one
+/// transaction).
 async fn vault_write<'e>(exec: impl PgExecutor<'e>, new: &NewEntry) -> StoreResult<WriteReceipt> {
     let row =
         sqlx::query("select out_entry_no, out_version, out_seq from vault_write($1, $2, $3, $4)")
@@ -240,13 +264,10 @@ async fn vault_write<'e>(exec: impl PgExecutor<'e>, new: &NewEntry) -> StoreResu
             .fetch_one(exec)
             .await
             .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_VAULT) => {
-                    StoreError::VaultNotFound
-                }
                 sqlx::Error::Database(d) if d.code().as_deref() == Some(SQLSTATE_NO_ENTRY) => {
                     StoreError::EntryNotFound(new.entry_no.unwrap_or_default())
                 }
-                other => other.into(),
+                other => store_error(other),
             })?;
     Ok(WriteReceipt {
         entry_no: row.try_get("out_entry_no")?,
@@ -378,19 +399,15 @@ impl Store for PgStore {
     }
 
     async fn set_summary(&self, vault_id: &str, summary: &str) -> StoreResult<()> {
-        let announced = sqlx::query(
-            "with changed as (update vaults set summary = $2 where id = $1 returning id)
-             select pg_notify($3, json_build_object('t', 'summary', 'v', id)::text) from changed",
-        )
-        .bind(vault_id)
-        .bind(summary)
-        .bind(CHANNEL)
-        .fetch_optional(&self.pool)
-        .await?;
-        match announced {
-            Some(_) => Ok(()),
-            None => Err(StoreError::VaultNotFound),
-        }
+        // vault_set_summary (migrations/0004) locks the vault, checks the
+        // encryption mode, updates and notifies in one statement.
+        sqlx::query("select vault_set_summary($1, $2)")
+            .bind(vault_id)
+            .bind(summary)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     async fn create_astation(&self, astation: &Astation, token_hash: &str) -> StoreResult<()> {
@@ -812,6 +829,30 @@ impl Store for PgStore {
             .pop()
             .unwrap_or_else(|| Err(StoreError::Fault("a write got no result".into())))
     }
+
+    async fn encryption_mode(&self, work_session: &str) -> StoreResult<ModeState> {
+        self.pg_encryption_mode(work_session).await
+    }
+
+    async fn encryption_counts(
+        &self,
+        work_session: &str,
+        kid: Option<&str>,
+    ) -> StoreResult<FieldCounts> {
+        self.pg_encryption_counts(work_session, kid).await
+    }
+
+    async fn set_encryption_mode(
+        &self,
+        work_session: &str,
+        change: &ModeChange,
+    ) -> StoreResult<(ModeState, FieldCounts)> {
+        self.pg_set_encryption_mode(work_session, change).await
+    }
+
+    async fn rewrite_vault(&self, rewrite: &Rewrite) -> StoreResult<i64> {
+        self.pg_rewrite_vault(rewrite).await
+    }
 }
 
 /// Parses a NOTIFY payload written by this module or by the SQL functions
@@ -852,6 +893,9 @@ pub(crate) fn parse_notice(payload: &str) -> Option<Notice> {
         }),
         "presence" => Some(Notice::Presence {
             vault_id: text("v")?,
+        }),
+        "encryption" => Some(Notice::Encryption {
+            work_session: text("w")?,
         }),
         "revoke" => Some(Notice::Revoked(if let Some(s) = text("session") {
             Revocation::Session(s)
