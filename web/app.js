@@ -251,13 +251,19 @@ async function showVaults() {
         el(
           "a",
           { class: "vault-item", href: `#vault=${encodeURIComponent(v.vault_id)}`, "data-vault-id": v.vault_id },
-          el("span", { class: "vault-summary", text: v.summary || "(no summary)" }),
+          vaultSummaryNode(v.summary),
           el("code", { class: "vault-id", text: v.vault_id }),
         ),
       ),
     ),
   );
   show($("vaults-empty"), vaults.length === 0);
+}
+
+function vaultSummaryNode(summary) {
+  const node = el("span", { class: "vault-summary" });
+  setContent(node, summary, "(no summary)");
+  return node;
 }
 
 // ------------------------------------------------------------- one vault
@@ -277,6 +283,34 @@ function flash(node) {
   node.classList.remove("flash");
   void node.offsetWidth; // restart the animation
   node.classList.add("flash");
+}
+
+/**
+ * The key id of an envelope (`e1.<kid>.<payload>`), null for a value that
+ * starts with `e1.` but is not one, undefined for plain text.
+ */
+function envelopeKid(text) {
+  if (typeof text !== "string" || !text.startsWith("e1.")) return undefined;
+  const m = /^e1\.([0-9a-f]{8})\./.exec(text);
+  return m ? m[1] : null;
+}
+
+/**
+ * Shows a stored value: text as text, an envelope as locked content with
+ * its key id (never its base64: the atems hold the key, not the viewer).
+ */
+function setContent(node, text, placeholder = "") {
+  const kid = envelopeKid(text);
+  node.classList.toggle("locked", kid !== undefined);
+  if (kid === undefined) {
+    node.textContent = text || placeholder;
+    delete node.dataset.kid;
+    node.removeAttribute("title");
+    return;
+  }
+  node.dataset.kid = kid || "";
+  node.textContent = kid ? `🔒 encrypted · key ${kid}` : "🔒 encrypted · unreadable envelope";
+  node.title = "Sealed by the atems; only they hold the key";
 }
 
 function entryNode(row) {
@@ -301,7 +335,7 @@ function fillEntry(node, row) {
   writer.textContent = row.writer_id;
   writer.title = `written by ${row.writer_id}`;
   setTime(node.querySelector(".time"), row.created_at);
-  node.querySelector(".content").textContent = row.content;
+  setContent(node.querySelector(".content"), row.content);
 }
 
 function historyNode(row) {
@@ -322,8 +356,14 @@ function historyNode(row) {
       el("span", { class: "writer", text: row.writer_id }),
       time,
     ),
-    el("div", { class: "content", text: row.content }),
+    contentNode(row.content),
   );
+}
+
+function contentNode(text) {
+  const node = el("div", { class: "content" });
+  setContent(node, text);
+  return node;
 }
 
 class VaultPage {
@@ -341,6 +381,7 @@ class VaultPage {
     this.lastSeq = 0;
     this.seen = new Set();
     this.rows = []; // every row, by seq
+    this.byKey = new Map(); // "entry_no:version" -> {row, node} (history)
     this.current = new Map(); // entry_no -> newest row
     this.nodes = new Map(); // entry_no -> element
     $("entries").replaceChildren();
@@ -385,6 +426,7 @@ class VaultPage {
     if (info) {
       this.epoch = info.epoch;
       this.setSummary(info.summary);
+      if (info.encryption) this.setEncryption(info.encryption);
       const readOnly = info.read_only_link || !info.can_write;
       show($("read-only"), readOnly);
       $("read-only").textContent = info.read_only_link ? "read-only link" : "read-only";
@@ -438,6 +480,9 @@ class VaultPage {
       case "presence":
         this.setPresence(frame);
         break;
+      case "encryption":
+        this.setEncryption(frame);
+        break;
       case "reset":
         // The store started over: drop everything; the relay replays from 0.
         this.epoch = frame.epoch;
@@ -450,10 +495,22 @@ class VaultPage {
   }
 
   setSummary(summary) {
-    const text = summary || "(no summary)";
-    $("summary").textContent = text;
+    setContent($("summary"), summary, "(no summary)");
     $("summary").classList.toggle("placeholder", !summary);
-    document.title = `${text} · vault-relay`;
+    document.title = `${envelopeKid(summary) === undefined ? summary || "(no summary)" : "Encrypted vault"} · vault-relay`;
+  }
+
+  /** The work session's encryption mode, from the vault info or a frame. */
+  setEncryption({ mode, kid }) {
+    const badge = $("encryption");
+    const names = { off: "not encrypted", enabling: "encrypting…", on: "encrypted", disabling: "decrypting…" };
+    if (!(mode in names)) return;
+    badge.dataset.mode = mode;
+    badge.dataset.kid = kid || "";
+    badge.textContent = kid ? `${names[mode]} · key ${kid}` : names[mode];
+    badge.classList.toggle("badge-muted", mode === "off");
+    badge.classList.toggle("badge-ok", mode !== "off");
+    badge.title = `End-to-end encryption of this work session: ${mode}`;
   }
 
   setPresence(frame) {
@@ -478,9 +535,21 @@ class VaultPage {
     this.seen.add(row.seq);
     if (row.seq > this.lastSeq) this.lastSeq = row.seq;
 
+    // A row seen before under another seq was rewritten (encryption turned
+    // on or off): rows are keyed by (entry_no, version), so the new content
+    // replaces the old in place and the row moves to its new seq.
+    const key = `${row.entry_no}:${row.version}`;
+    const known = this.byKey.get(key);
+    if (known) {
+      const at = this.rows.indexOf(known.row);
+      if (at >= 0) this.rows.splice(at, 1);
+      known.node.remove();
+    }
+
     // History: every row in seq order (rows normally arrive in order).
     const history = $("history");
     const node = historyNode(row);
+    this.byKey.set(key, { row, node });
     let at = this.rows.length;
     while (at > 0 && this.rows[at - 1].seq > row.seq) at -= 1;
     this.rows.splice(at, 0, row);
@@ -488,7 +557,7 @@ class VaultPage {
 
     // Current view: the newest version of each entry, by entry number.
     const prev = this.current.get(row.entry_no);
-    if (!prev || row.version > prev.version) {
+    if (!prev || row.version >= prev.version) {
       this.current.set(row.entry_no, row);
       let entry = this.nodes.get(row.entry_no);
       if (entry) {

@@ -31,13 +31,13 @@ both_stores!(
     writes_racing_a_transition_to_on_never_leave_plaintext_behind,
 );
 
-const KID: &str = "0a1b2c3d";
+pub(crate) const KID: &str = "0a1b2c3d";
 const NEW_KID: &str = "c0ffee00";
 
 /// An envelope as the atem client makes one: a 24-byte nonce, the sealed
 /// text and a 16-byte tag, in padded standard base64 (the "ciphertext" here
 /// is the text itself: the relay cannot tell).
-fn seal(kid: &str, text: &str) -> String {
+pub(crate) fn seal(kid: &str, text: &str) -> String {
     let mut bytes = vec![9u8; 24];
     bytes.extend_from_slice(text.as_bytes());
     bytes.extend_from_slice(&[7u8; 16]);
