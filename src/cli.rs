@@ -1,5 +1,8 @@
 //! Operator subcommands: manage astations in the database, grant a pairing
-//! as an astation, and watch a vault from a terminal.
+//! as an astation, and watch, read and write a vault from a terminal
+//! ([`client`] holds the plain-HTTP ones).
+
+pub mod client;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,7 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth;
 use crate::config::{
-    AstationCommand, Command, Config, EncryptionCommand, RelayClientArgs, SessionCommand, WatchArgs,
+    AstationCommand, Command, Config, EncryptionCommand, RelayClientArgs, SessionCommand,
+    WatchArgs, WatchTransport,
 };
 use crate::startup::open_store;
 use crate::stream::frames::CLOSE_REVOKED;
@@ -30,6 +34,8 @@ pub async fn run(command: Command, config: &Config) -> ExitCode {
         Command::Watch(args) => watch(args).await,
         Command::Mcp(args) => crate::mcp::bridge::run(args).await,
         Command::Encryption(cmd) => encryption(cmd).await,
+        Command::Read(args) => client::read(args).await,
+        Command::Write(args) => client::write(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,6 +178,9 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
     };
     let mut cursor: Option<i64> = args.since;
     let mut epoch: Option<String> = None;
+    if args.transport == WatchTransport::Poll {
+        return client::watch_by_polling(&args, cursor, epoch).await;
+    }
     let mut backoff = Duration::from_millis(250);
     loop {
         let mut url = format!(
@@ -246,12 +255,27 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
                     .body()
                     .as_ref()
                     .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                    .and_then(|v| v["error"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                if status.is_client_error() {
-                    return Err(format!("{status}: {body}"));
+                    .and_then(|v| v["error"].as_str().map(str::to_string));
+                match body {
+                    // The relay itself refused: polling would be refused too.
+                    Some(error) if status.is_client_error() => {
+                        return Err(format!("{status}: {error}"));
+                    }
+                    // Something in between (a proxy) refused the upgrade.
+                    _ if args.transport == WatchTransport::Auto => {
+                        eprintln!("-- the WebSocket upgrade was refused ({status})");
+                        return client::watch_by_polling(&args, cursor, epoch).await;
+                    }
+                    Some(error) => eprintln!("-- relay answered {status}: {error}; retrying"),
+                    None if status.is_client_error() => return Err(format!("{status}")),
+                    None => eprintln!("-- relay answered {status}; retrying"),
                 }
-                eprintln!("-- relay answered {status}; retrying");
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Protocol(e))
+                if args.transport == WatchTransport::Auto =>
+            {
+                eprintln!("-- the WebSocket handshake failed ({e})");
+                return client::watch_by_polling(&args, cursor, epoch).await;
             }
             Err(e) => eprintln!("-- could not connect ({e}); retrying"),
         }

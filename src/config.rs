@@ -38,6 +38,10 @@ pub enum Command {
     /// astation (token from ASTATION_TOKEN).
     #[command(subcommand)]
     Encryption(EncryptionCommand),
+    /// Print a vault's entries (current view, or history) once.
+    Read(ReadArgs),
+    /// Append an entry (or edit one) from an argument or stdin.
+    Write(WriteArgs),
 }
 
 /// `vault-relay encryption ...`
@@ -114,6 +118,77 @@ pub struct WatchArgs {
     /// Start after this seq instead of at the head.
     #[arg(long)]
     pub since: Option<i64>,
+    /// How to follow: `auto` (the WebSocket stream, falling back to long
+    /// polling when the upgrade is refused), `websocket` or `poll`.
+    #[arg(long, env = "WATCH_TRANSPORT", value_enum, default_value_t = WatchTransport::Auto)]
+    pub transport: WatchTransport,
+}
+
+/// How `watch` follows a vault.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchTransport {
+    /// The WebSocket stream; long polling where the upgrade is refused.
+    #[default]
+    Auto,
+    /// The WebSocket stream only.
+    Websocket,
+    /// Long polling only (`GET ...?since=&wait=`).
+    Poll,
+}
+
+/// How `read` and `write` reach a vault on a running relay.
+#[derive(Clone, Debug, Args)]
+pub struct VaultClientArgs {
+    /// Base URL of the relay.
+    #[arg(long, env = "RELAY_URL", default_value = "http://127.0.0.1:3000")]
+    pub relay_url: String,
+    /// Session id to authenticate with.
+    #[arg(long, env = "RELAY_SESSION", hide_env_values = true)]
+    pub session: String,
+    /// This client's id (`?id=`): the writer recorded on entries.
+    #[arg(long, env = "RELAY_CLIENT_ID", default_value = "cli")]
+    pub client_id: String,
+}
+
+/// `vault-relay read ...`
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// The vault to read.
+    pub vault_id: String,
+    /// Only rows after this seq.
+    #[arg(long)]
+    pub since: Option<i64>,
+    /// Every row by seq, instead of the newest version of each entry.
+    #[arg(long)]
+    pub history: bool,
+    /// At most this many rows (1 to 1000; with --history).
+    #[arg(long, requires = "history")]
+    pub limit: Option<i64>,
+    /// Print the relay's JSON answer instead of one line per entry.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub relay: VaultClientArgs,
+}
+
+/// `vault-relay write ...`
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// The vault to write to.
+    pub vault_id: String,
+    /// The entry's text, or `-` to read it from stdin (one trailing newline
+    /// is dropped).
+    pub text: String,
+    /// Write a new version of this entry instead of appending.
+    #[arg(long)]
+    pub entry_id: Option<i64>,
+    /// The Idempotency-Key sent with every attempt of this write; a fresh
+    /// random one when not given, so the command's own retries never write
+    /// twice. Pass one to make retries of the whole command safe too.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub relay: VaultClientArgs,
 }
 
 /// `vault-relay mcp`

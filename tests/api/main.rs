@@ -7,6 +7,7 @@ mod helpers;
 mod admin;
 mod binary;
 mod browser;
+mod cli;
 mod encryption;
 mod errors;
 mod idempotency;
