@@ -167,6 +167,7 @@ pub async fn read(
 pub enum ReadAnswer {
     /// The client's `If-None-Match` names the current tag.
     NotModified { etag: String },
+    /// The rows to answer with.
     Rows {
         entries: Vec<Entry>,
         etag: String,

@@ -21,6 +21,7 @@ both_stores!(
     long_polls_beyond_the_bound_are_refused_with_retry_after,
     shutdown_answers_held_long_polls_at_once,
     reads_carry_a_tag_and_answer_304_while_it_holds,
+    a_rewrite_changes_the_tag_and_wakes_a_long_poll,
 );
 
 /// A raw GET as `session`: status, headers and body text.
@@ -484,4 +485,48 @@ async fn reads_carry_a_tag_and_answer_304_while_it_holds(backend: Backend) {
     let as_stranger = format!("{}/api/vault/{v}?id=stranger", app.base);
     let (status, _, text) = get(&app, &as_stranger, &stranger, Some(&fresh)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+}
+
+async fn a_rewrite_changes_the_tag_and_wakes_a_long_poll(backend: Backend) {
+    use crate::encryption::{KID, move_to, rewrite, seal};
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let (_, token, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let head = app.write(&v, &s, "c", "plain", None).await["seq"]
+        .as_i64()
+        .unwrap();
+    let current = vault_url(&app, &v, "");
+    let (_, headers, _) = get(&app, &current, &s, None).await;
+    let tag = headers["etag"].to_str().unwrap().to_string();
+
+    move_to(&app, &token, "enabling", Some(KID)).await;
+    let poll = {
+        let (client, url, s) = (
+            app.client.clone(),
+            vault_url(&app, &v, &format!("history=true&since={head}&wait=30")),
+            s.clone(),
+        );
+        tokio::spawn(async move { get_with(&client, &url, &s, None).await })
+    };
+    until_held(&app, 1.0).await;
+    let sealed = seal(KID, "plain");
+    let body = json!({
+        "summary": seal(KID, ""),
+        "entries": [{"entry_no": 1, "version": 1, "content": sealed}],
+    });
+    let (status, answer) = rewrite(&app, &v, &s, "c", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // The rewritten row has a fresh seq: the poll gets it, the tag moves.
+    let (status, _, text) = tokio::time::timeout(Duration::from_secs(20), poll)
+        .await
+        .expect("the poll is answered")
+        .expect("poll task");
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let got = rows(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["content"], sealed);
+    let (status, _, text) = get(&app, &current, &s, Some(&tag)).await;
+    assert_eq!(status, StatusCode::OK, "the old tag no longer holds");
+    assert_eq!(rows(&text)[0]["content"], sealed);
 }
