@@ -3,16 +3,19 @@
 //! shown once (inside the link's URL fragment, which browsers never send to
 //! a server) and stored only as a hash.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
-use axum::routing::{delete, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::access::{self, Action};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::http::openapi::{BodyRefusals, ClientId, Empty, VaultId, VaultRefusals};
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::ReadLink;
@@ -21,14 +24,14 @@ use crate::store::ReadLink;
 pub const MAX_LINK_TTL_SECS: u64 = 90 * 24 * 3600;
 
 /// Link routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/vault/{vault_id}/links", post(create).get(list))
-        .route("/api/vault/{vault_id}/links/{link_id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(create, list))
+        .routes(routes!(revoke))
 }
 
-#[derive(Deserialize)]
-struct CreateBody {
+#[derive(Deserialize, ToSchema)]
+struct CreateLinkBody {
     /// Lifetime in seconds; the configured default when absent.
     expires_in_secs: Option<u64>,
 }
@@ -45,24 +48,62 @@ pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-fn describe(link: &ReadLink) -> Value {
-    json!({
-        "link_id": link.link_id,
-        "vault_id": link.vault_id,
-        "created_by": link.created_by,
-        "created_at": link.created_at,
-        "expires_at": link.expires_at,
-        "revoked": link.revoked,
-    })
+/// A link as listed (never its secret).
+#[derive(Serialize, ToSchema)]
+struct LinkInfo {
+    link_id: String,
+    vault_id: String,
+    /// The client id that made it.
+    created_by: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    revoked: bool,
 }
 
+impl From<ReadLink> for LinkInfo {
+    fn from(link: ReadLink) -> Self {
+        Self {
+            link_id: link.link_id,
+            vault_id: link.vault_id,
+            created_by: link.created_by,
+            created_at: link.created_at,
+            expires_at: link.expires_at,
+            revoked: link.revoked,
+        }
+    }
+}
+
+/// A new link, with its secret inside the URL's fragment (shown once).
+#[derive(Serialize, ToSchema)]
+struct LinkCreated {
+    link_id: String,
+    /// `<base>/#vault=<vault_id>&link=<secret>`.
+    url: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// Makes a read-only link to this vault.
+#[utoipa::path(
+    post,
+    path = "/api/vault/{vault_id}/links",
+    operation_id = "create_link",
+    tag = "links",
+    params(VaultId, ClientId),
+    request_body = CreateLinkBody,
+    responses(
+        (status = 200, description = "The link, its secret shown this once", body = LinkCreated),
+        VaultRefusals,
+        BodyRefusals,
+    ),
+    security(("session" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(vault_id): ApiPath<String>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<CreateBody>,
-) -> Result<Json<Value>, ApiError> {
+    ApiJson(body): ApiJson<CreateLinkBody>,
+) -> Result<Json<LinkCreated>, ApiError> {
     let ttl = body
         .expires_in_secs
         .unwrap_or(state.settings.link_ttl.as_secs());
@@ -97,18 +138,31 @@ async fn create(
         link.vault_id,
         secret
     );
-    Ok(Json(json!({
-        "link_id": link.link_id,
-        "url": url,
-        "expires_at": link.expires_at,
-    })))
+    Ok(Json(LinkCreated {
+        link_id: link.link_id,
+        url,
+        expires_at: link.expires_at,
+    }))
 }
 
+/// This vault's links, live, expired and revoked.
+#[utoipa::path(
+    get,
+    path = "/api/vault/{vault_id}/links",
+    operation_id = "list_links",
+    tag = "links",
+    params(VaultId, ClientId),
+    responses(
+        (status = 200, description = "The links", body = Vec<LinkInfo>),
+        VaultRefusals,
+    ),
+    security(("session" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(vault_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<LinkInfo>>, ApiError> {
     access::vault_for(
         state.store.as_ref(),
         &caller,
@@ -117,14 +171,31 @@ async fn list(
     )
     .await?;
     let links = state.store.links_for_vault(&vault_id).await?;
-    Ok(Json(Value::Array(links.iter().map(describe).collect())))
+    Ok(Json(links.into_iter().map(LinkInfo::from).collect()))
 }
 
+/// Revokes a link; its open streams close.
+#[utoipa::path(
+    delete,
+    path = "/api/vault/{vault_id}/links/{link_id}",
+    operation_id = "revoke_link",
+    tag = "links",
+    params(
+        VaultId,
+        ("link_id" = String, Path, description = "The link"),
+        ClientId,
+    ),
+    responses(
+        (status = 200, description = "Revoked", body = Empty),
+        VaultRefusals,
+    ),
+    security(("session" = []))
+)]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((vault_id, link_id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Empty>, ApiError> {
     access::vault_for(
         state.store.as_ref(),
         &caller,
@@ -139,5 +210,5 @@ async fn revoke(
             "this vault has no live link with that id".into(),
         ));
     }
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }

@@ -1,5 +1,8 @@
 //! The HTTP edge: one module per resource, each with its own `router()`.
 //! Handlers parse, ask [`crate::access`], call the store and shape the reply.
+//!
+//! Every route is declared once, with its OpenAPI description: see
+//! [`openapi`] for how, and [`routes`] for the list.
 
 pub mod admin;
 pub mod encryption;
@@ -7,6 +10,7 @@ pub mod health;
 pub mod links;
 pub mod mcp;
 pub mod metrics;
+pub mod openapi;
 pub mod sessions;
 pub mod stream;
 pub mod vaults;
@@ -21,13 +25,15 @@ use axum::routing::any;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use utoipa_axum::router::OpenApiRouter;
+
 use crate::error::{method_not_allowed, route_not_found};
 use crate::state::AppState;
 
-/// The whole application's routes.
-pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&str>) -> Router {
-    let body_limit = state.settings.max_body_bytes;
-    let api = Router::new()
+/// Every route the relay serves (but the fallbacks and the document's own
+/// route), each with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
         .merge(vaults::router())
         .merge(stream::router())
         .merge(links::router())
@@ -37,6 +43,14 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
         .merge(health::router())
         .merge(mcp::router(&state))
         .merge(metrics::router())
+}
+
+/// The whole application's routes.
+pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&str>) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    let api = openapi::with_document(routes())
+        // Not a route of its own: the answer for any `/api` path that no
+        // route above names.
         .route("/api/{*rest}", any(route_not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit));

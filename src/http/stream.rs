@@ -3,17 +3,20 @@
 //! `POST /api/vault/{id}/stream-ticket`: a short-lived, single-use ticket
 //! for browsers, which cannot set headers on a WebSocket.
 
+use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::access::{self, Action};
 use crate::auth::{self, Caller, Principal};
 use crate::error::{ApiError, ApiPath, ApiQuery};
+use crate::http::openapi::{ClientId, VaultId, VaultRefusals};
 use crate::http::vaults::parse_since;
 use crate::identity::sanitize_atem_id;
 use crate::secrets;
@@ -27,18 +30,33 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 pub const TICKET_TTL_SECS: i64 = 30;
 
 /// Stream routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/vault/{vault_id}/stream", get(stream))
-        .route("/api/vault/{vault_id}/stream-ticket", post(ticket))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(stream))
+        .routes(routes!(ticket))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
+    /// The client id (optional with a ticket, which carries its own).
     id: Option<String>,
+    /// Replay every row with a seq above this first, then go live.
+    #[param(value_type = Option<i64>, minimum = 0)]
     since: Option<String>,
+    /// The epoch the client's cursor comes from; another epoch gets a
+    /// `reset` frame.
     epoch: Option<String>,
+    /// A single-use ticket from `stream-ticket`, instead of the header.
     ticket: Option<String>,
+}
+
+/// `POST /api/vault/{vault_id}/stream-ticket`'s answer.
+#[derive(Serialize, ToSchema)]
+struct Ticket {
+    /// Opens this vault's stream once, as `?ticket=`.
+    ticket: String,
+    expires_at: DateTime<Utc>,
 }
 
 /// The raw (still percent-encoded) `atem_id`: the sanitizer decodes it
@@ -78,6 +96,25 @@ async fn principal(
     Ok((principal, Some(t.client_id)))
 }
 
+/// Upgrades to a WebSocket carrying the vault's rows as they commit (frames
+/// and close codes: docs/stream.md). Everything is checked before the
+/// upgrade; a refusal is a plain HTTP error.
+#[utoipa::path(
+    get,
+    path = "/api/vault/{vault_id}/stream",
+    operation_id = "open_stream",
+    tag = "streams",
+    params(
+        VaultId,
+        StreamQuery,
+        ("atem_id" = Option<String>, Query, description = "A display name for presence (percent-encoded, sanitized; any letters of any script, digits and `-`)"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; frames are JSON text (hello, presence, entry, caught_up, summary, reset, ...)"),
+        VaultRefusals,
+    ),
+    security(("session" = []), ("link" = []), ("ticket" = []))
+)]
 async fn stream(
     State(state): State<AppState>,
     ApiPath(vault_id): ApiPath<String>,
@@ -136,13 +173,25 @@ async fn stream(
     }))
 }
 
-/// Issues a single-use ticket that opens this vault's stream within
-/// [`TICKET_TTL_SECS`] seconds, with the caller's credential.
+/// Issues a single-use ticket that opens this vault's stream within 30
+/// seconds (`TICKET_TTL_SECS`), with the caller's credential.
+#[utoipa::path(
+    post,
+    path = "/api/vault/{vault_id}/stream-ticket",
+    operation_id = "stream_ticket",
+    tag = "streams",
+    params(VaultId, ClientId),
+    responses(
+        (status = 200, description = "A ticket valid once, for 30 seconds", body = Ticket),
+        VaultRefusals,
+    ),
+    security(("session" = []), ("link" = []))
+)]
 async fn ticket(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(vault_id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Ticket>, ApiError> {
     access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
     let (session_hash, link_hash) = match &caller.principal {
         Principal::Session { session_hash, .. } => (Some(session_hash.clone()), None),
@@ -161,5 +210,5 @@ async fn ticket(
             expires_at,
         })
         .await?;
-    Ok(Json(json!({ "ticket": ticket, "expires_at": expires_at })))
+    Ok(Json(Ticket { ticket, expires_at }))
 }

@@ -26,7 +26,7 @@ pub fn now() -> DateTime<Utc> {
 pub const KIND_CONTENT: &str = "content";
 
 /// One row of a vault's log, exactly as the REST read returns it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     pub seq: i64,
     pub entry_no: i64,
@@ -54,7 +54,7 @@ pub struct Vault {
 }
 
 /// What the vault list shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VaultListItem {
     pub vault_id: String,
     pub summary: String,
@@ -80,7 +80,7 @@ pub struct NewEntry {
 }
 
 /// Where a write landed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WriteReceipt {
     pub entry_no: i64,
     pub version: i64,
@@ -118,7 +118,7 @@ pub enum View {
 }
 
 /// A registered astation (its token is stored only as a hash).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Astation {
     pub astation_id: String,
     pub name: String,

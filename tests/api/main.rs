@@ -15,6 +15,7 @@ mod links;
 mod logs;
 mod mcp;
 mod metrics;
+mod openapi;
 mod pg_only;
 mod polling;
 mod sessions;
