@@ -167,7 +167,12 @@ pub struct IdempotencyKeyHeader {
     /// 1 to 128 printable ASCII characters. A repeat with the same request
     /// gets the first answer again and writes nothing; the same key with
     /// another request is 422. Kept IDEMPOTENCY_TTL_SECS.
-    #[param(rename = "Idempotency-Key", max_length = 128, min_length = 1)]
+    #[param(
+        rename = "Idempotency-Key",
+        max_length = 128,
+        min_length = 1,
+        nullable = false
+    )]
     idempotency_key: Option<String>,
 }
 
