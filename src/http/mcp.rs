@@ -13,16 +13,18 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Extension, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, McpCaller};
 use crate::error::ApiError;
+use crate::http::openapi::{ClientId, Refusals};
 use crate::mcp::server::VaultMcp;
 use crate::state::AppState;
 
@@ -30,8 +32,12 @@ use crate::state::AppState;
 /// it in our JSON shape.
 const MAX_LIBRARY_ERROR_BYTES: usize = 16 * 1024;
 
+/// The MCP library's service, handed to the handlers below.
+#[derive(Clone)]
+struct Mcp(StreamableHttpService<VaultMcp, LocalSessionManager>);
+
 /// The `/mcp` route.
-pub fn router(state: &AppState) -> Router<AppState> {
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let sessions = Arc::new(LocalSessionManager::default());
     let config = StreamableHttpServerConfig::default()
         // The library's Host check guards unauthenticated local servers
@@ -51,10 +57,71 @@ pub fn router(state: &AppState) -> Router<AppState> {
         let (state, sessions) = (state.clone(), sessions.clone());
         move || Ok(VaultMcp::new(state.clone(), sessions.clone()))
     };
-    let service = StreamableHttpService::new(factory, sessions, config);
-    Router::new()
-        .route_service("/mcp", service)
+    let service = Mcp(StreamableHttpService::new(factory, sessions, config));
+    OpenApiRouter::default()
+        .routes(routes!(post_mcp, get_mcp, delete_mcp).layer(Extension(service)))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+}
+
+/// Hands a request to the MCP library.
+async fn serve(Mcp(service): Mcp, request: Request) -> Response {
+    service.handle(request).await.map(axum::body::Body::new)
+}
+
+/// Sends a JSON-RPC message (initialize, tools/call, resources/subscribe,
+/// ...) of the Model Context Protocol's Streamable HTTP transport; the
+/// answer is JSON or an event stream of JSON-RPC messages.
+#[utoipa::path(
+    post,
+    path = "/mcp",
+    operation_id = "mcp_message",
+    tag = "mcp",
+    params(ClientId),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "A JSON-RPC 2.0 message"),
+    responses(
+        (status = 200, description = "The JSON-RPC answer, as application/json or text/event-stream"),
+        (status = 202, description = "A notification or response was accepted"),
+        Refusals,
+    ),
+    security(("session" = []), ("session_bearer" = []))
+)]
+async fn post_mcp(Extension(mcp): Extension<Mcp>, request: Request) -> Response {
+    serve(mcp, request).await
+}
+
+/// Opens the MCP session's event stream (server-to-client messages such
+/// as `notifications/resources/updated`).
+#[utoipa::path(
+    get,
+    path = "/mcp",
+    operation_id = "mcp_events",
+    tag = "mcp",
+    params(ClientId),
+    responses(
+        (status = 200, description = "An event stream of JSON-RPC messages", content_type = "text/event-stream"),
+        Refusals,
+    ),
+    security(("session" = []), ("session_bearer" = []))
+)]
+async fn get_mcp(Extension(mcp): Extension<Mcp>, request: Request) -> Response {
+    serve(mcp, request).await
+}
+
+/// Ends the MCP session named by the `Mcp-Session-Id` header.
+#[utoipa::path(
+    delete,
+    path = "/mcp",
+    operation_id = "mcp_end_session",
+    tag = "mcp",
+    params(ClientId),
+    responses(
+        (status = 200, description = "The session ended"),
+        Refusals,
+    ),
+    security(("session" = []), ("session_bearer" = []))
+)]
+async fn delete_mcp(Extension(mcp): Extension<Mcp>, request: Request) -> Response {
+    serve(mcp, request).await
 }
 
 /// Resolves the caller before the MCP service runs, and gives the

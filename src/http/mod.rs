@@ -32,7 +32,7 @@ use crate::state::AppState;
 
 /// Every route the relay serves (but the fallbacks and the document's own
 /// route), each with its OpenAPI description.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
         .merge(vaults::router())
         .merge(stream::router())
@@ -41,14 +41,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(encryption::router(state.settings.max_rewrite_body_bytes))
         .merge(health::router())
-        .merge(mcp::router(&state))
+        .merge(mcp::router(state))
         .merge(metrics::router())
 }
 
 /// The whole application's routes.
 pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&str>) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    let api = openapi::with_document(routes())
+    let api = openapi::with_document(routes(&state))
         // Not a route of its own: the answer for any `/api` path that no
         // route above names.
         .route("/api/{*rest}", any(route_not_found))

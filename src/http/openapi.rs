@@ -21,7 +21,9 @@
 //! name body and answer types after their route (`CreateVaultBody`), not
 //! `Body`. The
 //! `security` names are the schemes below: [`SESSION`], [`LINK`],
-//! [`ASTATION`], [`ADMIN`] and [`TICKET`]. The browser viewer's static
+//! [`SESSION_BEARER`], [`ASTATION`], [`ADMIN`] and [`TICKET`]. A route
+//! served by a tower service (like `/mcp`) gets thin handlers that hand the
+//! request to the service, one per method, so it is declared the same way. The browser viewer's static
 //! files are not described (they are the fallback for paths outside
 //! `/api`).
 
@@ -44,6 +46,8 @@ use crate::state::AppState;
 pub const SESSION: &str = "session";
 /// Security scheme: `Authorization: link <secret>` (a read-only link).
 pub const LINK: &str = "link";
+/// Security scheme: `Authorization: Bearer <session_id>` (`/mcp` only).
+pub const SESSION_BEARER: &str = "session_bearer";
 /// Security scheme: `Authorization: Bearer <astation token>`.
 pub const ASTATION: &str = "astation";
 /// Security scheme: `Authorization: Bearer <admin token>`.
@@ -74,6 +78,7 @@ pub const PATH: &str = "/api/openapi.json";
         (name = "links", description = "Read-only links"),
         (name = "sessions", description = "Pairing and sessions"),
         (name = "admin", description = "Astations, for the admin token"),
+        (name = "mcp", description = "The Model Context Protocol endpoint (Streamable HTTP)"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -106,6 +111,14 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             LINK,
             header("The header value is `link <secret>`: a read-only link to one vault."),
+        );
+        components.add_security_scheme(
+            SESSION_BEARER,
+            bearer(
+                "session id",
+                "A granted session's id as a bearer token, for MCP clients that can only send \
+                 bearer tokens (`/mcp` only).",
+            ),
         );
         components.add_security_scheme(
             ASTATION,
