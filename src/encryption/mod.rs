@@ -30,7 +30,8 @@ use envelope::{Malformed, Shape};
 pub use mode::{FieldCounts, Mode, ModeChange, ModeState};
 
 /// What the astation sees: `GET`/`POST /api/encryption`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = EncryptionStatus)]
 pub struct Status {
     pub mode: Mode,
     pub kid: Option<String>,
@@ -52,14 +53,15 @@ impl Status {
 }
 
 /// What a session sees: `GET /api/encryption?id=`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = EncryptionView)]
 pub struct SessionView {
     pub mode: Mode,
     pub kid: Option<String>,
 }
 
 /// One row to rewrite.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct RewriteRow {
     pub entry_no: i64,
     pub version: i64,
@@ -67,7 +69,7 @@ pub struct RewriteRow {
 }
 
 /// The rewrite route's body.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct RewriteBody {
     pub summary: String,
     #[serde(default)]
@@ -84,10 +86,12 @@ pub struct Rewrite {
 }
 
 /// What the rewrite route answers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RewriteOutcome {
     pub rewritten: i64,
+    /// Why nothing was rewritten (a past writer from another work session).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub skipped: Option<String>,
 }
 

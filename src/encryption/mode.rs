@@ -9,8 +9,9 @@ use serde::Serialize;
 use super::envelope::{self, Field, Shape};
 
 /// The encryption mode of a work session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = EncryptionMode)]
 pub enum Mode {
     /// No encryption: envelopes are refused (the default).
     Off,
@@ -75,7 +76,7 @@ impl Default for ModeState {
 
 /// How the stored fields of a work session count (every summary and every
 /// row version of its vaults; empty values are not counted).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldCounts {
     pub plaintext_fields: i64,
     pub ciphertext_fields: i64,

@@ -9,33 +9,44 @@
 //!
 //! The rules live in [`crate::encryption`].
 
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::auth::{AstationAuth, Caller};
-use crate::encryption::{self, RewriteBody, RewriteOutcome, Status};
+use crate::encryption::{self, RewriteBody, RewriteOutcome, SessionView, Status};
 use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::http::openapi::{BodyRefusals, ClientId, ErrorBody, Refusals, VaultId, VaultRefusals};
 use crate::state::AppState;
 
 /// Encryption routes; `rewrite_body_limit` is the rewrite route's body limit.
-pub fn router(rewrite_body_limit: usize) -> Router<AppState> {
-    Router::new()
-        .route("/api/encryption", get(status).post(set_mode))
-        .route(
-            "/api/vault/{vault_id}/encryption",
-            post(rewrite).layer(DefaultBodyLimit::max(rewrite_body_limit)),
-        )
+pub fn router(rewrite_body_limit: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(status, set_mode))
+        .routes(routes!(rewrite).layer(DefaultBodyLimit::max(rewrite_body_limit)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct ModeBody {
+    /// `off`, `enabling`, `on` or `disabling`.
     mode: String,
+    /// The key id (8 lowercase hex characters); required for every mode but
+    /// `off`.
     kid: Option<String>,
+}
+
+/// `GET /api/encryption`'s answer: the astation's full status, or what a
+/// session sees.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum EncryptionAnswer {
+    Astation(Status),
+    Session(SessionView),
 }
 
 /// Whether the request authenticates with a bearer token (an astation)
@@ -48,18 +59,56 @@ fn is_bearer(headers: &HeaderMap) -> bool {
         .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
 }
 
-async fn status(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+/// The encryption mode of a work session: with an astation's token, its own
+/// (with field counts); with a session (and `?id=`), the caller's.
+#[utoipa::path(
+    get,
+    path = "/api/encryption",
+    operation_id = "encryption_status",
+    tag = "encryption",
+    params(("id" = Option<String>, Query, description = "With a session: the client id")),
+    responses(
+        (status = 200, description = "The astation's status (mode, kid, updated_at, counts), or for a session its mode and kid", body = EncryptionAnswer),
+        (status = 400, description = "A session without `?id`", body = ErrorBody),
+        (status = 401, description = "Missing or unusable credential", body = ErrorBody),
+        Refusals,
+    ),
+    security(("astation" = []), ("session" = []))
+)]
+async fn status(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Json<EncryptionAnswer>, ApiError> {
     let (mut parts, _) = req.into_parts();
     if is_bearer(&parts.headers) {
         let AstationAuth(astation) = AstationAuth::from_request_parts(&mut parts, &state).await?;
         let status = encryption::status(&state, &astation.astation_id).await?;
-        Ok(Json(status).into_response())
+        Ok(Json(EncryptionAnswer::Astation(status)))
     } else {
         let caller = Caller::from_request_parts(&mut parts, &state).await?;
-        Ok(Json(encryption::session_view(&state, &caller).await?).into_response())
+        Ok(Json(EncryptionAnswer::Session(
+            encryption::session_view(&state, &caller).await?,
+        )))
     }
 }
 
+/// Changes the astation's work session's encryption mode.
+#[utoipa::path(
+    post,
+    path = "/api/encryption",
+    operation_id = "set_encryption_mode",
+    tag = "encryption",
+    request_body = ModeBody,
+    responses(
+        (status = 200, description = "The status after the change", body = Status),
+        (status = 400, description = "An unknown mode or a malformed kid", body = ErrorBody),
+        (status = 401, description = "Missing or unknown astation token", body = ErrorBody),
+        (status = 409, description = "`invalid encryption transition <from> -> <to>: ...`, or the current mode with another kid", body = ErrorBody),
+        BodyRefusals,
+        Refusals,
+    ),
+    security(("astation" = []))
+)]
 async fn set_mode(
     State(state): State<AppState>,
     AstationAuth(astation): AstationAuth,
@@ -75,6 +124,24 @@ async fn set_mode(
     Ok(Json(status))
 }
 
+/// Rewrites the vault's summary and the listed rows in place, for a change
+/// of encryption mode; each rewritten row gets a fresh seq. Its body may be
+/// up to MAX_REWRITE_BODY_BYTES.
+#[utoipa::path(
+    post,
+    path = "/api/vault/{vault_id}/encryption",
+    operation_id = "rewrite_vault",
+    tag = "encryption",
+    params(VaultId, ClientId),
+    request_body = RewriteBody,
+    responses(
+        (status = 200, description = "How many rows were rewritten (`skipped` says why none were, for a past writer from another work session)", body = RewriteOutcome),
+        (status = 409, description = "Not in `enabling` or `disabling`, or a value the mode does not accept", body = ErrorBody),
+        VaultRefusals,
+        BodyRefusals,
+    ),
+    security(("session" = []))
+)]
 async fn rewrite(
     State(state): State<AppState>,
     caller: Caller,

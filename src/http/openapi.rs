@@ -78,6 +78,7 @@ pub const PATH: &str = "/api/openapi.json";
         (name = "links", description = "Read-only links"),
         (name = "sessions", description = "Pairing and sessions"),
         (name = "admin", description = "Astations, for the admin token"),
+        (name = "encryption", description = "End-to-end encryption modes and the rewrite"),
         (name = "mcp", description = "The Model Context Protocol endpoint (Streamable HTTP)"),
         (name = "operations", description = "Health, metrics and this document"),
     )

@@ -14,8 +14,8 @@ use utoipa_axum::routes;
 
 use crate::access::{self, Action};
 use crate::auth::{Caller, Claimed, Principal};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::encryption::SessionView;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::http::links;
 use crate::http::openapi::{
     BodyRefusals, ClientId, Empty, ErrorBody, IdempotencyKeyHeader, Refusals, VaultId,
