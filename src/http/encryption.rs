@@ -14,7 +14,9 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
@@ -42,11 +44,34 @@ struct ModeBody {
 
 /// `GET /api/encryption`'s answer: the astation's full status, or what a
 /// session sees.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum EncryptionAnswer {
     Astation(Status),
     Session(SessionView),
+}
+
+// By hand: the derive would say `oneOf`, but a full status also has the
+// session view's fields, so it is `anyOf`.
+impl PartialSchema for EncryptionAnswer {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name(Status::name()))
+            .item(Ref::from_schema_name(SessionView::name()))
+            .description(Some(
+                "The astation's full status, or a session's view (mode and kid)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for EncryptionAnswer {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Status::name().into_owned(), Status::schema()));
+        Status::schemas(schemas);
+        schemas.push((SessionView::name().into_owned(), SessionView::schema()));
+        SessionView::schemas(schemas);
+    }
 }
 
 /// Whether the request authenticates with a bearer token (an astation)
