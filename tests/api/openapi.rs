@@ -335,3 +335,222 @@ fn routes_are_added_only_together_with_their_description() {
         found.join("\n")
     );
 }
+
+/// Answers recorded for validation: which operation, and what came back.
+struct Recorder<'a> {
+    app: &'a TestApp,
+    /// Values for the path's `{name}`s, and the credentials by name.
+    values: BTreeMap<&'static str, String>,
+    answers: Vec<Value>,
+}
+
+impl Recorder<'_> {
+    fn set(&mut self, name: &'static str, value: &str) {
+        self.values.insert(name, value.to_string());
+    }
+
+    /// Calls `method template[?query]` with the `{name}`s filled in and the
+    /// credential named `auth` (none for ""), with a JSON body unless it is
+    /// `null`; records the answer.
+    async fn call(&mut self, method: &str, target: &str, auth: &str, body: Value) -> Value {
+        let template = target.split('?').next().unwrap_or(target);
+        let mut path = target.to_string();
+        for (name, value) in &self.values {
+            path = path.replace(&format!("{{{name}}}"), value);
+        }
+        let auth = self.values.get(auth).cloned();
+        let body = (!body.is_null()).then_some(body);
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, value) = self
+            .app
+            .call(method.clone(), &path, auth.as_deref(), body)
+            .await;
+        self.answers.push(serde_json::json!({
+            "method": method.as_str().to_lowercase(),
+            "template": template,
+            "status": status.as_u16(),
+            "body": value,
+        }));
+        value
+    }
+}
+
+/// Validates each recorded answer against the schema the document gives
+/// for its operation and status (or `default`), with the standard
+/// OpenAPI 3.1 schema validator.
+const VALIDATE_ANSWERS: &str = r##"
+import json, sys
+from openapi_schema_validator import OAS31Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+doc = json.load(open(sys.argv[1]))
+answers = json.load(open(sys.argv[2]))
+registry = Registry().with_resource("urn:doc", Resource.from_contents(doc, default_specification=DRAFT202012))
+failures = []
+for a in answers:
+    op = doc["paths"][a["template"]][a["method"]]
+    responses = op["responses"]
+    response = responses.get(str(a["status"]), responses.get("default"))
+    where = f'{a["method"]} {a["template"]} {a["status"]}'
+    if response is None:
+        failures.append(f"{where}: status not documented")
+        continue
+    schema = response.get("content", {}).get("application/json", {}).get("schema")
+    if schema is None:
+        if a["body"] is not None:
+            failures.append(f"{where}: a JSON body where none is documented")
+        continue
+    schema = json.loads(json.dumps(schema).replace('"#/', '"urn:doc#/'))
+    for e in OAS31Validator(schema, registry=registry).iter_errors(a["body"]):
+        failures.append(f"{where}: {e.message} at {list(e.absolute_path)}")
+print(f"{len(answers)} answers checked")
+for f in failures:
+    print(f)
+sys.exit(1 if failures else 0)
+"##;
+
+async fn answers_match_their_documented_schemas(backend: Backend) {
+    use crate::helpers::ADMIN_TOKEN;
+    use serde_json::json;
+    let app = TestApp::spawn(backend).await;
+    let doc = document(&app).await;
+    let mut r = Recorder {
+        app: &app,
+        values: BTreeMap::from([("admin", format!("Bearer {ADMIN_TOKEN}"))]),
+        answers: Vec::new(),
+    };
+    let none = Value::Null;
+
+    // Astations, sessions, pairing.
+    let desk = json!({"name": "desk"});
+    let added = r.call("POST", "/api/admin/astations", "admin", desk).await;
+    let token = format!("Bearer {}", added["token"].as_str().unwrap());
+    r.set("astation", &token);
+    r.call("GET", "/api/admin/astations", "admin", none.clone())
+        .await;
+    r.call("GET", "/api/admin/astations", "", none.clone())
+        .await;
+    let host = json!({"hostname": "h"});
+    let granted = r.call("POST", "/api/sessions", "astation", host).await;
+    let s = granted["id"].as_str().unwrap().to_string();
+    r.set("session", &format!("session {s}"));
+    for grant in [true, false] {
+        let host = json!({"hostname": "p"});
+        let pending = r.call("POST", "/api/sessions", "", host).await;
+        r.set("id", pending["id"].as_str().unwrap());
+        r.call("GET", "/api/sessions/{id}/status", "", none.clone())
+            .await;
+        if grant {
+            let otp = json!({"otp": pending["otp"]});
+            r.call("POST", "/api/sessions/{id}/grant", "astation", otp)
+                .await;
+        } else {
+            let deny = "/api/sessions/{id}/deny";
+            r.call("POST", deny, "astation", none.clone()).await;
+        }
+    }
+
+    // Vaults: answers and refusals.
+    let plan = json!({"summary": "plan"});
+    let created = r.call("POST", "/api/vault?id=c", "session", plan).await;
+    r.set("vault_id", created["vault_id"].as_str().unwrap());
+    let vault = "/api/vault/{vault_id}?id=c";
+    for body in [
+        json!({"text": "one"}),
+        json!({"text": "again", "entry_id": 1}),
+        json!({"text": "x", "entry_id": 9}),
+    ] {
+        r.call("POST", vault, "session", body).await;
+    }
+    for query in ["", "&history=true&limit=1", "&since=-1"] {
+        let read = format!("{vault}{query}");
+        r.call("GET", &read, "session", none.clone()).await;
+    }
+    r.call("GET", vault, "", none.clone()).await;
+    r.call("GET", "/api/vault?id=c", "session", none.clone())
+        .await;
+    let summary = json!({"text": "plan, v2"});
+    let set_summary = "/api/vault/{vault_id}/summary?id=c";
+    r.call("POST", set_summary, "session", summary).await;
+    let info = "/api/vault/{vault_id}/info?id=c";
+    r.call("GET", info, "session", none.clone()).await;
+    let ticket = "/api/vault/{vault_id}/stream-ticket?id=c";
+    r.call("POST", ticket, "session", none.clone()).await;
+    let stream = "/api/vault/{vault_id}/stream?id=c";
+    r.call("GET", stream, "", none.clone()).await;
+
+    // Links.
+    let links = "/api/vault/{vault_id}/links?id=c";
+    let link = r.call("POST", links, "session", json!({})).await;
+    r.set("link_id", link["link_id"].as_str().unwrap());
+    r.call("GET", links, "session", none.clone()).await;
+    let revoke = "/api/vault/{vault_id}/links/{link_id}?id=c";
+    r.call("DELETE", revoke, "session", none.clone()).await;
+
+    // Encryption.
+    r.call("GET", "/api/encryption", "astation", none.clone())
+        .await;
+    r.call("GET", "/api/encryption?id=c", "session", none.clone())
+        .await;
+    for mode in ["off", "sideways"] {
+        let change = json!({"mode": mode});
+        r.call("POST", "/api/encryption", "astation", change).await;
+    }
+    let rewrite = json!({"summary": "", "entries": []});
+    let rewrite_route = "/api/vault/{vault_id}/encryption?id=c";
+    r.call("POST", rewrite_route, "session", rewrite).await;
+
+    // Operations, then the end of the session and of the astation.
+    r.call("GET", "/health", "", none.clone()).await;
+    r.call("GET", "/metrics", "", none.clone()).await;
+    r.set("id", &s);
+    r.call("DELETE", "/api/sessions/{id}", "session", none.clone())
+        .await;
+    r.set("id", added["astation_id"].as_str().unwrap());
+    r.call("DELETE", "/api/admin/astations/{id}", "admin", none)
+        .await;
+    let answers = r.answers;
+
+    let successes = answers
+        .iter()
+        .filter(|a| a["status"].as_u64().is_some_and(|s| s < 300))
+        .count();
+    assert!(successes >= 25, "the script mostly succeeds: {answers:?}");
+    let dir = std::env::temp_dir();
+    let id = uuid::Uuid::new_v4();
+    let doc_file = dir.join(format!("vault-relay-doc-{id}.json"));
+    let answers_file = dir.join(format!("vault-relay-answers-{id}.json"));
+    std::fs::write(&doc_file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    std::fs::write(&answers_file, serde_json::to_vec(&answers).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", VALIDATE_ANSWERS])
+        .arg(&doc_file)
+        .arg(&answers_file)
+        .output()
+        .expect("python3 with openapi-schema-validator (./scripts/test installs it)");
+    let _ = std::fs::remove_file(&doc_file);
+    let _ = std::fs::remove_file(&answers_file);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "answers that break the document:\n{report}"
+    );
+    assert!(
+        report.contains(&format!("{} answers checked", answers.len())),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn answers_match_their_documented_schemas_memory() {
+    answers_match_their_documented_schemas(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_match_their_documented_schemas_postgres() {
+    answers_match_their_documented_schemas(Backend::Postgres).await;
+}
