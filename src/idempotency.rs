@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::shutdown::Shutdown;
-use crate::store::{IdempotencyClaim, PriorResponse, Store};
+use crate::store::{IdempotencyClaim, PriorResponse, Store, WriteKey};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -94,7 +94,25 @@ pub fn replay<T: DeserializeOwned>(
     claim: &IdempotencyClaim,
     prior: &PriorResponse,
 ) -> Result<T, ApiError> {
-    if prior.fingerprint != claim.fingerprint {
+    replay_for(&claim.fingerprint, prior)
+}
+
+/// The key of a session's content write, whose owner (the work session)
+/// the store finds in the write itself ([`Store::write_as`]).
+pub fn write_key(key: String, request: &Value, ttl: Duration) -> WriteKey {
+    WriteKey {
+        key,
+        fingerprint: fingerprint(request),
+        ttl,
+    }
+}
+
+/// [`replay`] for a request with this fingerprint.
+pub fn replay_for<T: DeserializeOwned>(
+    fingerprint: &str,
+    prior: &PriorResponse,
+) -> Result<T, ApiError> {
+    if prior.fingerprint != fingerprint {
         return Err(ApiError::Unprocessable(
             "this Idempotency-Key was already used for a different request (another route, \
              vault or body); use a new key for a new request"

@@ -15,7 +15,8 @@ use crate::encryption::{self, FieldCounts, ModeChange, ModeState, Rewrite, mode:
 use super::{
     Astation, Committed, Entry, IdempotencyClaim, KIND_CONTENT, Keyed, NewEntry, NewVault, Notice,
     PriorResponse, ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError,
-    StoreResult, StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteReceipt,
+    StoreResult, StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteKey,
+    WriteReceipt,
 };
 
 /// Capacity of the notice channel; a lagging receiver resyncs from the store.
@@ -251,8 +252,9 @@ impl State {
         })
     }
 
-    /// The checks of [`Store::write_as`], in its order, under the lock.
-    fn check_writer(&self, session_hash: &str, new: &NewEntry) -> StoreResult<()> {
+    /// The checks of [`Store::write_as`], in its order, under the lock;
+    /// returns the writer's work session.
+    fn check_writer(&self, session_hash: &str, new: &NewEntry) -> StoreResult<String> {
         let work_session = match self.sessions.get(session_hash) {
             Some(s) if s.state == SessionState::Granted => s
                 .astation_id
@@ -269,12 +271,12 @@ impl State {
         let caller = crate::auth::Caller {
             principal: crate::auth::Principal::Session {
                 session_hash: session_hash.to_string(),
-                work_session,
+                work_session: work_session.clone(),
             },
             client_id: new.writer_id.clone(),
         };
         if crate::access::allows(&caller, vault, crate::access::Action::Write) {
-            Ok(())
+            Ok(work_session)
         } else {
             Err(StoreError::WriteForbidden)
         }
@@ -689,14 +691,27 @@ impl Store for MemoryStore {
         Ok((before - st.idempotency.len()) as u64)
     }
 
-    async fn write_as(&self, session_hash: &str, new: NewEntry) -> StoreResult<Committed> {
+    async fn write_as(
+        &self,
+        session_hash: &str,
+        new: NewEntry,
+        key: Option<WriteKey>,
+    ) -> StoreResult<Keyed<Committed>> {
         let written = {
             let mut st = self.lock();
-            st.check_writer(session_hash, &new)?;
-            st.write(new)?
+            let work_session = st.check_writer(session_hash, &new)?;
+            let claim = key.map(|k| k.claim(&work_session, &new.writer_id));
+            if let Some(prior) = claim.as_ref().and_then(|c| st.prior(c)) {
+                return Ok(Keyed::Prior(prior));
+            }
+            let written = st.write(new)?;
+            if let Some(claim) = &claim {
+                st.record(claim, super::receipt_response(&written.committed.receipt()));
+            }
+            written
         };
         self.announce_entry(&written);
-        Ok(written.committed)
+        Ok(Keyed::Done(written.committed))
     }
 
     async fn encryption_mode(&self, work_session: &str) -> StoreResult<ModeState> {

@@ -261,6 +261,32 @@ pub struct IdempotencyClaim {
     pub ttl: std::time::Duration,
 }
 
+/// The idempotency key of a session's content write ([`Store::write_as`]).
+/// Its owner is the session's work session and the writer's client id,
+/// which the store finds in the write itself.
+#[derive(Clone, Debug)]
+pub struct WriteKey {
+    /// The key as the client sent it.
+    pub key: String,
+    /// A hash of what the request asked for (route, vault, body).
+    pub fingerprint: String,
+    /// How long the key is kept.
+    pub ttl: std::time::Duration,
+}
+
+impl WriteKey {
+    /// The claim this key makes once its owner is known.
+    pub fn claim(&self, work_session: &str, client_id: &str) -> IdempotencyClaim {
+        IdempotencyClaim {
+            work_session: work_session.to_string(),
+            client_id: client_id.to_string(),
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            ttl: self.ttl,
+        }
+    }
+}
+
 /// What a keyed write found or did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Keyed<T> {
@@ -457,8 +483,17 @@ pub trait Store: Send + Sync + 'static {
     /// [`crate::access`] ([`StoreError::WriteForbidden`]); then it is
     /// [`Store::write_entry`]. Checked in the write itself, a revocation
     /// holds for the very next write on every replica, without a separate
-    /// session lookup per write.
-    async fn write_as(&self, session_hash: &str, entry: NewEntry) -> StoreResult<Committed>;
+    /// session lookup per write. With a `key`, as [`Store::write_entry_keyed`]
+    /// (a live key: nothing is written, the prior response comes back).
+    /// Postgres commits the writes that arrive together in one transaction
+    /// (`store::postgres::batch`); each keeps its own result.
+    async fn write_as(
+        &self,
+        session_hash: &str,
+        entry: NewEntry,
+        key: Option<WriteKey>,
+    ) -> StoreResult<Keyed<Committed>>;
+
     // End-to-end encryption (src/encryption). Every write above (create,
     // write_entry, set_summary) checks the value against the vault's work
     // session's mode in its own atomic step and fails with

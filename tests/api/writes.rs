@@ -12,7 +12,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use vault_relay::access::{self, Action};
 use vault_relay::auth::{Caller, Principal};
-use vault_relay::store::{NewEntry, NewVault, SessionRecord, SessionState, StoreError};
+use vault_relay::store::{
+    Committed, Keyed, NewEntry, NewVault, SessionRecord, SessionState, Store, StoreError,
+};
 
 use crate::both_stores;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp};
@@ -43,6 +45,18 @@ fn session(id_hash: &str, state: SessionState, astation: Option<&str>) -> Sessio
         failed_attempts: 0,
         expires_at: Utc::now() + chrono::Duration::minutes(5),
         created_at: Utc::now(),
+    }
+}
+
+/// An unkeyed write as a session; a keyed outcome is a failure here.
+async fn write_as(
+    store: &dyn Store,
+    session_hash: &str,
+    new: NewEntry,
+) -> Result<Committed, StoreError> {
+    match store.write_as(session_hash, new, None).await? {
+        Keyed::Done(c) => Ok(c),
+        Keyed::Prior(p) => panic!("an unkeyed write found a prior response: {p:?}"),
     }
 }
 
@@ -83,8 +97,7 @@ async fn the_write_check_agrees_with_the_access_rules(backend: Backend) {
     }
     // A client of another work session that wrote here before, through a
     // session of the home work session.
-    store
-        .write_as("h-home", entry("v-home", "past-writer", None))
+    write_as(&*store, "h-home", entry("v-home", "past-writer", None))
         .await
         .unwrap();
 
@@ -105,7 +118,7 @@ async fn the_write_check_agrees_with_the_access_rules(backend: Backend) {
             client_id: client.into(),
         };
         let rule = access::allows(&caller, &vault, Action::Write);
-        let outcome = store.write_as(hash, entry("v-home", client, None)).await;
+        let outcome = write_as(&*store, hash, entry("v-home", client, None)).await;
         let after = store.vault("v-home").await.unwrap().unwrap();
         match outcome {
             Ok(c) => {
@@ -138,7 +151,7 @@ async fn the_write_check_agrees_with_the_access_rules(backend: Backend) {
         for vault in ["v-home", "v-missing"] {
             assert!(
                 matches!(
-                    store.write_as(hash, entry(vault, "x", None)).await,
+                    write_as(&*store, hash, entry(vault, "x", None)).await,
                     Err(StoreError::SessionRefused)
                 ),
                 "{hash} on {vault}"
@@ -146,20 +159,15 @@ async fn the_write_check_agrees_with_the_access_rules(backend: Backend) {
         }
     }
     assert!(matches!(
-        store
-            .write_as("h-home", entry("v-missing", "x", None))
-            .await,
+        write_as(&*store, "h-home", entry("v-missing", "x", None)).await,
         Err(StoreError::VaultNotFound)
     ));
     assert!(matches!(
-        store
-            .write_as("h-home", entry("v-home", "x", Some(99)))
-            .await,
+        write_as(&*store, "h-home", entry("v-home", "x", Some(99))).await,
         Err(StoreError::EntryNotFound(99))
     ));
     // An edit keeps the entry number and counts the version up.
-    let edit = store
-        .write_as("h-home", entry("v-home", "x", Some(1)))
+    let edit = write_as(&*store, "h-home", entry("v-home", "x", Some(1)))
         .await
         .unwrap();
     assert_eq!((edit.entry.entry_no, edit.entry.version), (1, 2));
@@ -290,66 +298,6 @@ async fn a_revoked_session_cannot_write_on_any_replica_at_once() {
     );
 }
 
-/// The fast path: with the LISTEN connection cut and unable to come back,
-/// a row written through a relay still reaches that relay's subscribers at
-/// once, while another replica's subscribers get it only once notices flow
-/// again. Nothing arrives twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rows_reach_the_writing_relays_subscribers_without_a_notice() {
-    let a = TestApp::spawn(Backend::Postgres).await;
-    let db = a.db.clone().unwrap();
-    let b = TestApp::spawn_on(db.clone()).await;
-    let (_, _, s) = a.work_session("home").await;
-    let v = a.create_vault(&s, "c", "").await;
-    let mut on_a = a.open_stream(&v, &s, "watch-a", "since=0").await;
-    let mut on_b = b.open_stream(&v, &s, "watch-b", "since=0").await;
-    let first = a.write(&v, &s, "c", "with notices", None).await;
-    assert_eq!(seq(&on_a.next_of("entry").await), seq(&first));
-    assert_eq!(seq(&on_b.next_of("entry").await), seq(&first));
-
-    // Cut every LISTEN connection and keep them from coming back; the
-    // relays' pools keep the connections they already hold.
-    let mut admin: sqlx::PgConnection = sqlx::Connection::connect(&crate::helpers::server_url())
-        .await
-        .unwrap();
-    let name = &db.name;
-    sqlx::query(&format!("alter database {name} allow_connections false"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let killed: i64 = sqlx::query_scalar(
-        "select count(pg_terminate_backend(pid)) from pg_stat_activity
-         where datname = $1 and query ilike 'listen%'",
-    )
-    .bind(name)
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
-    assert_eq!(killed, 2, "one LISTEN connection per relay");
-
-    let mut written = Vec::new();
-    for i in 0..5 {
-        let r = a.write(&v, &s, "c", &format!("fast #{i}"), None).await;
-        let f = on_a.next_of("entry").await;
-        assert_eq!(seq(&f), seq(&r), "delivered by the writing relay at once");
-        assert_eq!(f["content"], format!("fast #{i}"));
-        written.push(seq(&r));
-    }
-
-    sqlx::query(&format!("alter database {name} allow_connections true"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    // B catches up by its cursor when its listener is back.
-    let got_b: Vec<i64> = on_b.entries(5).await.iter().map(seq).collect();
-    assert_eq!(got_b, written);
-    // A writes through B after the reconnect: both see exactly that row
-    // next, so A's resync sent nothing twice.
-    let last = b.write(&v, &s, "c", "after", None).await;
-    assert_eq!(seq(&on_a.next_of("entry").await), seq(&last));
-    assert_eq!(seq(&on_b.next_of("entry").await), seq(&last));
-}
-
 /// Writers on two replicas append and edit the same vaults at once: no
 /// deadlock, every write is a row, entry numbers stay contiguous, versions
 /// count up in seq order, and a subscriber on each replica sees every row
@@ -414,4 +362,195 @@ async fn concurrent_writers_on_two_replicas_share_vaults_without_gaps_or_duplica
         }
     }
     assert_eq!(all_rows, 2 + total_writes, "every write is a row");
+}
+
+/// One batch, one transaction: the write that names no entry and the one
+/// whose session is revoked fail alone, the others commit, entry numbers
+/// stay contiguous, and the whole batch is announced by one notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_in_a_batch_fails_alone() {
+    use vault_relay::store::postgres::batch::{Item, commit};
+
+    let (store, db) = store(Backend::Postgres).await;
+    let db = db.expect("a database");
+    for (hash, state) in [
+        ("h-ok", SessionState::Granted),
+        ("h-gone", SessionState::Revoked),
+    ] {
+        store
+            .insert_session(&session(hash, state, Some("a-home")))
+            .await
+            .unwrap();
+    }
+    for id in ["v-a", "v-b"] {
+        store
+            .create_vault(NewVault {
+                id: id.into(),
+                summary: String::new(),
+                work_session: "a-home".into(),
+                creator: "c".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("vault_relay").await.unwrap();
+
+    let item = |hash: &str, vault: &str, entry_no: Option<i64>, text: &str| Item {
+        session_hash: hash.into(),
+        entry: NewEntry {
+            vault_id: vault.into(),
+            entry_no,
+            writer_id: "w".into(),
+            content: text.into(),
+        },
+        key: None,
+    };
+    // v-b first: the batch locks its vaults in id order, not arrival order.
+    let outcomes = commit(
+        &pool,
+        vec![
+            item("h-ok", "v-b", None, "b1"),
+            item("h-ok", "v-a", None, "a1"),
+            item("h-ok", "v-a", Some(9), "edit of nothing"),
+            item("h-gone", "v-a", None, "from a revoked session"),
+            item("h-ok", "v-missing", None, "nowhere"),
+            item("h-ok", "v-a", None, "a2"),
+            item("h-ok", "v-a", Some(1), "a1, edited"),
+        ],
+    )
+    .await;
+    let results: Vec<Result<(i64, i64, i64), String>> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            Ok(Keyed::Done(c)) => Ok((c.entry.entry_no, c.entry.version, c.prev_seq)),
+            Ok(Keyed::Prior(p)) => Err(format!("prior {p:?}")),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect();
+    let seqs: Vec<i64> = sqlx::query_scalar("select seq from vault_entries order by seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let [b1, a1, a2, a1v2] = seqs[..] else {
+        panic!("four rows expected, got {seqs:?}");
+    };
+    assert_eq!(
+        results,
+        vec![
+            Ok((1, 1, 0)),
+            Ok((1, 1, 0)),
+            Err(StoreError::EntryNotFound(9).to_string()),
+            Err(StoreError::SessionRefused.to_string()),
+            Err(StoreError::VaultNotFound.to_string()),
+            Ok((2, 1, a1)),
+            Ok((1, 2, a2)),
+        ]
+    );
+    assert!(
+        b1 < a1 && a1 < a2 && a2 < a1v2,
+        "seq follows the batch order"
+    );
+    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "select vault_id, entry_no, version, content from vault_entries order by seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("v-b".into(), 1, 1, "b1".into()),
+            ("v-a".into(), 1, 1, "a1".into()),
+            ("v-a".into(), 2, 1, "a2".into()),
+            ("v-a".into(), 1, 2, "a1, edited".into()),
+        ]
+    );
+    let notice = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notice")
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(notice.payload()).unwrap(),
+        json!({"t": "entries", "h": {"v-a": a1v2, "v-b": b1}})
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "one notice for the whole batch"
+    );
+}
+
+/// Acknowledgements come only after the commit: a batch whose commit fails
+/// (a deferred check refuses one of its rows at COMMIT, after the write
+/// statement has computed every result) acknowledges none of its writes,
+/// and every write that was acknowledged is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_are_acknowledged_only_after_their_batch_commits() {
+    let app = Arc::new(TestApp::spawn(Backend::Postgres).await);
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut conn = app.db.as_ref().unwrap().connect().await;
+    sqlx::raw_sql(
+        "create function refuse_at_commit() returns trigger language plpgsql as $$
+         begin
+             if new.content = 'refused at commit' then
+                 raise exception 'refused at commit';
+             end if;
+             return null;
+         end $$;
+         create constraint trigger refuse_at_commit after insert on vault_entries
+         deferrable initially deferred for each row execute function refuse_at_commit();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (app, s, v) = (app.clone(), s.clone(), v.clone());
+            tokio::spawn(async move {
+                let text = if i % 10 == 5 {
+                    "refused at commit".to_string()
+                } else {
+                    format!("w{i}")
+                };
+                let (status, body) = app.try_write(&v, &s, "c", json!({ "text": text })).await;
+                (text, status, body)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let stored: Vec<(i64, String)> =
+        sqlx::query_as("select seq, content from vault_entries where vault_id = $1")
+            .bind(&v)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let mut acknowledged = 0;
+    for (text, status, body) in &answers {
+        let row = stored.iter().find(|(_, c)| c == text);
+        if *status == StatusCode::OK {
+            acknowledged += 1;
+            assert_eq!(row.map(|r| r.0), Some(seq(body)), "{text} was acknowledged");
+        } else {
+            assert_eq!(*status, StatusCode::INTERNAL_SERVER_ERROR, "{text}: {body}");
+            assert!(!error_text(body).is_empty());
+            assert_eq!(row, None, "{text} was refused but stored");
+        }
+    }
+    assert!(
+        answers
+            .iter()
+            .filter(|(t, _, _)| t == "refused at commit")
+            .all(|(_, status, _)| *status != StatusCode::OK),
+        "no refused row was acknowledged"
+    );
+    assert_eq!(stored.len(), acknowledged, "{answers:?}");
+    assert!(acknowledged > 0);
+    assert_log_is_consistent(&app.read(&v, &s, "c", "history=true").await);
 }

@@ -1,4 +1,5 @@
-//! The SQL of idempotency keys (migrations/0005_idempotency_keys.sql).
+//! The SQL of idempotency keys (migrations/0005_idempotency_keys.sql; the
+//! claim is `idempotency_claim`, migrations/0008).
 //!
 //! A keyed write runs [`claim`], the write itself and [`record`] in one
 //! transaction, so the key and the row it stands for commit together or not
@@ -18,42 +19,26 @@ pub async fn claim(
     tx: &mut Transaction<'_, Postgres>,
     claim: &IdempotencyClaim,
 ) -> StoreResult<Option<PriorResponse>> {
-    let claimed = sqlx::query(
-        "insert into idempotency_keys (work_session, client_id, key, fingerprint, expires_at)
-         values ($1, $2, $3, $4, now() + make_interval(secs => $5))
-         on conflict (work_session, client_id, key) do update set
-            fingerprint = excluded.fingerprint,
-            response = null,
-            created_at = now(),
-            expires_at = excluded.expires_at
-         where idempotency_keys.expires_at <= now()",
+    // The claim's SQL is one function (migrations/0008), shared with the
+    // batched writes.
+    let row = sqlx::query(
+        "select o_prior_fingerprint, o_prior_response from idempotency_claim($1, $2, $3, $4, $5)",
     )
     .bind(&claim.work_session)
     .bind(&claim.client_id)
     .bind(&claim.key)
     .bind(&claim.fingerprint)
     .bind(claim.ttl.as_secs_f64())
-    .execute(&mut **tx)
-    .await?;
-    if claimed.rows_affected() == 1 {
-        return Ok(None);
-    }
-    // A live key. This statement's snapshot is newer than the conflict, so
-    // it sees the committed record (with its response: claim and record
-    // commit together).
-    let row = sqlx::query(
-        "select fingerprint, coalesce(response, '') as response from idempotency_keys
-         where work_session = $1 and client_id = $2 and key = $3",
-    )
-    .bind(&claim.work_session)
-    .bind(&claim.client_id)
-    .bind(&claim.key)
     .fetch_one(&mut **tx)
     .await?;
-    Ok(Some(PriorResponse {
-        fingerprint: row.try_get("fingerprint")?,
-        response: row.try_get("response")?,
-    }))
+    let fingerprint: Option<String> = row.try_get("o_prior_fingerprint")?;
+    Ok(match fingerprint {
+        None => None,
+        Some(fingerprint) => Some(PriorResponse {
+            fingerprint,
+            response: row.try_get("o_prior_response")?,
+        }),
+    })
 }
 
 /// Stores the response of the write this transaction just did.

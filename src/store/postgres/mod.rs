@@ -25,7 +25,7 @@ use crate::encryption::{FieldCounts, ModeChange, ModeState, Rewrite};
 use super::{
     Astation, Committed, Entry, IdempotencyClaim, Keyed, NewEntry, NewVault, Notice, PoolStats,
     ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError, StoreResult, StoreStats,
-    StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteReceipt,
+    StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteKey, WriteReceipt,
 };
 
 /// The NOTIFY channel the relay speaks on (also named in `vault_write`,
@@ -69,6 +69,8 @@ pub struct PgStore {
     listener: tokio::task::AbortHandle,
     /// Reconnections of the LISTEN connection, counted by the listener.
     listener_reconnects: Arc<AtomicU64>,
+    /// The writer task that commits sessions' content writes in batches.
+    batcher: batch::Batcher,
 }
 
 impl Drop for PgStore {
@@ -148,6 +150,7 @@ impl PgStore {
             tracing::warn!("the LISTEN connection is not up yet; streams will catch up when it is");
         }
         Ok(Self {
+            batcher: batch::Batcher::spawn(pool.clone()),
             pool,
             epoch,
             notices,
@@ -819,15 +822,19 @@ impl Store for PgStore {
         idempotency::sweep(&self.pool).await
     }
 
-    async fn write_as(&self, session_hash: &str, entry: NewEntry) -> StoreResult<Committed> {
-        let item = batch::Item {
-            session_hash: session_hash.to_string(),
-            entry,
-        };
-        batch::commit(&self.pool, vec![item])
+    async fn write_as(
+        &self,
+        session_hash: &str,
+        entry: NewEntry,
+        key: Option<WriteKey>,
+    ) -> StoreResult<Keyed<Committed>> {
+        self.batcher
+            .write(batch::Item {
+                session_hash: session_hash.to_string(),
+                entry,
+                key,
+            })
             .await
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::Fault("a write got no result".into())))
     }
 
     async fn encryption_mode(&self, work_session: &str) -> StoreResult<ModeState> {
