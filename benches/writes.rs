@@ -13,9 +13,11 @@
 //!   own, with one connection per writer.
 //!
 //! Both run with Postgres's durability settings as they are (fsync on is
-//! checked and printed). Each figure is appends per second over the
-//! measured window and the p50/p99 latency of one append; the ratio is
-//! relay throughput over raw throughput. After each relay run the stored
+//! checked and printed), set up side by side and driven in alternating
+//! rounds, so that the load of whatever else runs on the machine weighs on
+//! both alike. Each figure is appends per second over the measured windows
+//! and the p50/p99 latency of one append; the ratio is relay throughput
+//! over raw throughput. After each relay run the stored
 //! rows are counted against the acknowledgements.
 //!
 //! Run with `BENCH_DATABASE_URL=postgres://USER:PASSWORD@HOST/DB cargo bench
@@ -81,7 +83,10 @@ begin
 end;
 $$"#;
 
+/// Each figure is measured in `rounds` alternating rounds of the relay and
+/// the baseline, each round `measure` long after `warm_up`.
 struct Plan {
+    rounds: u32,
     warm_up: Duration,
     measure: Duration,
 }
@@ -128,13 +133,15 @@ fn main() -> ExitCode {
     };
     let plan = if quick {
         Plan {
+            rounds: 1,
             warm_up: Duration::from_millis(300),
             measure: Duration::from_secs(1),
         }
     } else {
         Plan {
-            warm_up: Duration::from_secs(1),
-            measure: Duration::from_secs(5),
+            rounds: 3,
+            warm_up: Duration::from_millis(500),
+            measure: Duration::from_secs(2),
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -182,12 +189,14 @@ async fn run(server: &str, plan: &Plan, quick: bool) -> Result<()> {
         .await?;
     println!(
         "machine: {cpus} CPUs; Postgres {version} ({}); entries of {ENTRY_BYTES} bytes; \
-         each writer appends to its own vault; {} s measured after {} s of warm-up{}",
+         each writer appends to its own vault; relay and raw measured in {} alternating rounds \
+         of {} s (after {} s of warm-up) each{}",
         settings
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(", "),
+        plan.rounds,
         plan.measure.as_secs_f64(),
         plan.warm_up.as_secs_f64(),
         if quick {
@@ -201,29 +210,23 @@ async fn run(server: &str, plan: &Plan, quick: bool) -> Result<()> {
     }
     println!();
     println!(
-        "{:>7}  {:>22}  {:>22}  {:>6}  target",
+        "{:>7}  {:>29}  {:>29}  {:>6}  target",
         "writers", "relay (REST)", "raw Postgres", "ratio"
     );
     println!(
-        "{:>7}  {:>22}  {:>22}  {:>6}",
+        "{:>7}  {:>29}  {:>29}  {:>6}",
         "", "appends/s  p50 / p99", "appends/s  p50 / p99", ""
     );
 
     let text = entry_text();
     let mut failed = false;
     for writers in WRITERS {
-        let raw = {
-            let db = ScratchDb::create(server, &mut admin).await?;
-            let outcome = raw_case(&db.url, writers, plan, &text).await;
-            db.drop_with(&mut admin).await;
-            outcome?
-        };
-        let relay = {
-            let db = ScratchDb::create(server, &mut admin).await?;
-            let outcome = relay_case(&db.url, writers, plan, &text).await;
-            db.drop_with(&mut admin).await;
-            outcome?
-        };
+        let raw_db = ScratchDb::create(server, &mut admin).await?;
+        let relay_db = ScratchDb::create(server, &mut admin).await?;
+        let outcome = measure(&raw_db.url, &relay_db.url, writers, plan, &text).await;
+        raw_db.drop_with(&mut admin).await;
+        relay_db.drop_with(&mut admin).await;
+        let (relay, raw) = outcome?;
         let ratio = relay.per_sec() / raw.per_sec().max(f64::MIN_POSITIVE);
         let target = match target_ratio(writers) {
             Some(t) if ratio >= t => format!(">= {t}x: met"),
@@ -238,7 +241,7 @@ async fn run(server: &str, plan: &Plan, quick: bool) -> Result<()> {
             String::new()
         };
         println!(
-            "{writers:>7}  {:>22}  {:>22}  {:>5.2}x  {target}{p50_note}",
+            "{writers:>7}  {:>29}  {:>29}  {:>5.2}x  {target}{p50_note}",
             relay.figure(),
             raw.figure(),
             ratio
@@ -273,6 +276,23 @@ struct Outcome {
 }
 
 impl Outcome {
+    fn empty() -> Outcome {
+        Outcome {
+            appends: 0,
+            window: Duration::ZERO,
+            latencies: Vec::new(),
+            problem: None,
+        }
+    }
+
+    /// Adds a round's figures (the latencies stay sorted).
+    fn add(&mut self, round: Outcome) {
+        self.appends += round.appends;
+        self.window += round.window;
+        self.latencies.extend(round.latencies);
+        self.latencies.sort_unstable();
+    }
+
     fn per_sec(&self) -> f64 {
         self.appends as f64 / self.window.as_secs_f64()
     }
@@ -344,15 +364,17 @@ impl Window {
         Ok(log)
     }
 
-    fn outcome(&self, logs: Vec<WriterLog>) -> Outcome {
-        let mut latencies: Vec<u64> = logs.into_iter().flat_map(|l| l.latencies).collect();
-        latencies.sort_unstable();
-        Outcome {
+    /// The round's figures, and the appends acknowledged per writer.
+    fn outcome(&self, logs: Vec<WriterLog>) -> (Outcome, Vec<u64>) {
+        let acknowledged = logs.iter().map(|l| l.acknowledged).collect();
+        let latencies: Vec<u64> = logs.into_iter().flat_map(|l| l.latencies).collect();
+        let outcome = Outcome {
             appends: latencies.len() as u64,
             window: self.closes - self.opens,
             latencies,
             problem: None,
-        }
+        };
+        (outcome, acknowledged)
     }
 }
 
@@ -366,38 +388,87 @@ async fn join_all(
     Ok(logs)
 }
 
-async fn raw_case(url: &str, writers: usize, plan: &Plan, text: &str) -> Result<Outcome> {
-    let pool = PgPoolOptions::new()
-        .max_connections(writers as u32)
-        .min_connections(writers as u32)
-        .connect(url)
-        .await?;
-    vault_relay::store::postgres::MIGRATOR.run(&pool).await?;
-    sqlx::raw_sql(BASELINE_FUNCTION).execute(&pool).await?;
-    let mut vaults = Vec::new();
-    for i in 0..writers {
-        let id = format!("v-rawbench{i:04}");
-        sqlx::query("insert into vaults (id, summary, work_session, creator) values ($1, '', 'a-bench', 'bench')")
+/// Measures one writer count: the relay and the baseline are set up side
+/// by side, then driven in alternating rounds, so that a change in the
+/// machine's load during the run weighs on both alike. Returns (relay, raw).
+async fn measure(
+    raw_url: &str,
+    relay_url: &str,
+    writers: usize,
+    plan: &Plan,
+    text: &str,
+) -> Result<(Outcome, Outcome)> {
+    let raw = RawSide::setup(raw_url, writers, text).await?;
+    let relay = RelaySide::setup(relay_url, writers, text).await?;
+    let (mut raw_total, mut relay_total) = (Outcome::empty(), Outcome::empty());
+    let mut acknowledged = vec![0; writers];
+    for _ in 0..plan.rounds {
+        raw_total.add(raw.round(plan).await?.0);
+        let (outcome, acked) = relay.round(plan).await?;
+        relay_total.add(outcome);
+        for (total, n) in acknowledged.iter_mut().zip(acked) {
+            *total += n;
+        }
+    }
+    raw.pool.close().await;
+    relay.relay.stop();
+    relay_total.problem = check_stored(relay_url, &relay.vaults, &acknowledged).await?;
+    Ok((relay_total, raw_total))
+}
+
+/// The baseline: a pool with one connection per writer, a vault each.
+struct RawSide {
+    pool: PgPool,
+    vaults: Vec<String>,
+    text: String,
+}
+
+impl RawSide {
+    async fn setup(url: &str, writers: usize, text: &str) -> Result<RawSide> {
+        let pool = PgPoolOptions::new()
+            .max_connections(writers as u32)
+            .min_connections(writers as u32)
+            .connect(url)
+            .await?;
+        vault_relay::store::postgres::MIGRATOR.run(&pool).await?;
+        sqlx::raw_sql(BASELINE_FUNCTION).execute(&pool).await?;
+        let mut vaults = Vec::new();
+        for i in 0..writers {
+            let id = format!("v-rawbench{i:04}");
+            sqlx::query(
+                "insert into vaults (id, summary, work_session, creator)
+                 values ($1, '', 'a-bench', 'bench')",
+            )
             .bind(&id)
             .execute(&pool)
             .await?;
-        vaults.push(id);
-    }
-    let window = Window::new(plan);
-    let tasks = vaults
-        .into_iter()
-        .enumerate()
-        .map(|(i, vault)| {
-            let (pool, window, text) = (pool.clone(), window.clone(), text.to_string());
-            let writer = format!("bench-w{i}");
-            tokio::spawn(window.drive(move || {
-                append_raw(pool.clone(), vault.clone(), writer.clone(), text.clone())
-            }))
+            vaults.push(id);
+        }
+        Ok(RawSide {
+            pool,
+            vaults,
+            text: text.to_string(),
         })
-        .collect();
-    let logs = join_all(tasks).await?;
-    pool.close().await;
-    Ok(window.outcome(logs))
+    }
+
+    async fn round(&self, plan: &Plan) -> Result<(Outcome, Vec<u64>)> {
+        let window = Window::new(plan);
+        let tasks = self
+            .vaults
+            .iter()
+            .enumerate()
+            .map(|(i, vault)| {
+                let (pool, window) = (self.pool.clone(), window.clone());
+                let (vault, text) = (vault.clone(), self.text.clone());
+                let writer = format!("bench-w{i}");
+                tokio::spawn(window.drive(move || {
+                    append_raw(pool.clone(), vault.clone(), writer.clone(), text.clone())
+                }))
+            })
+            .collect();
+        let logs = join_all(tasks).await?;
+        Ok(window.outcome(logs))
+    }
 }
 
 async fn append_raw(pool: PgPool, vault: String, writer: String, text: String) -> Result<()> {
@@ -410,51 +481,71 @@ async fn append_raw(pool: PgPool, vault: String, writer: String, text: String) -
     Ok(())
 }
 
-async fn relay_case(url: &str, writers: usize, plan: &Plan, text: &str) -> Result<Outcome> {
-    let relay = Relay::start(url).await?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(writers * 2)
-        .build()?;
-    let base = format!("http://127.0.0.1:{}", relay.port);
-    let session = bench_session(&http, &base).await?;
-    let mut vaults = Vec::new();
-    for i in 0..writers {
-        let v = send_json(
-            http.post(format!("{base}/api/vault?id=bench-w{i}"))
-                .header("Authorization", format!("session {session}"))
-                .json(&json!({ "summary": "write benchmark" })),
-        )
-        .await?;
-        vaults.push(field_str(&v, "vault_id")?);
-    }
-    let window = Window::new(plan);
-    let tasks = vaults
-        .iter()
-        .enumerate()
-        .map(|(i, vault)| {
-            let url = format!("{base}/api/vault/{vault}?id=bench-w{i}");
-            let auth = format!("session {session}");
-            let body = json!({ "text": text });
-            let (http, window) = (http.clone(), window.clone());
-            tokio::spawn(window.drive(move || {
-                let request = http.post(&url).header("Authorization", &auth).json(&body);
-                async move {
-                    let r = send_json(request).await?;
-                    r["seq"]
-                        .as_i64()
-                        .map(|_| ())
-                        .ok_or_else(|| format!("an append answered without seq: {r}").into())
-                }
-            }))
+/// The relay: the release binary on its own database, one client per
+/// writer, a vault each.
+struct RelaySide {
+    relay: Relay,
+    http: reqwest::Client,
+    session: String,
+    base: String,
+    vaults: Vec<String>,
+    body: Value,
+}
+
+impl RelaySide {
+    async fn setup(url: &str, writers: usize, text: &str) -> Result<RelaySide> {
+        let relay = Relay::start(url).await?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(writers * 2)
+            .build()?;
+        let base = format!("http://127.0.0.1:{}", relay.port);
+        let session = bench_session(&http, &base).await?;
+        let mut vaults = Vec::new();
+        for i in 0..writers {
+            let v = send_json(
+                http.post(format!("{base}/api/vault?id=bench-w{i}"))
+                    .header("Authorization", format!("session {session}"))
+                    .json(&json!({ "summary": "write benchmark" })),
+            )
+            .await?;
+            vaults.push(field_str(&v, "vault_id")?);
+        }
+        Ok(RelaySide {
+            relay,
+            http,
+            session,
+            base,
+            vaults,
+            body: json!({ "text": text }),
         })
-        .collect();
-    let logs = join_all(tasks).await?;
-    relay.stop();
-    let acknowledged: Vec<u64> = logs.iter().map(|l| l.acknowledged).collect();
-    let mut outcome = window.outcome(logs);
-    outcome.problem = check_stored(url, &vaults, &acknowledged).await?;
-    Ok(outcome)
+    }
+
+    async fn round(&self, plan: &Plan) -> Result<(Outcome, Vec<u64>)> {
+        let window = Window::new(plan);
+        let tasks =
+            self.vaults
+                .iter()
+                .enumerate()
+                .map(|(i, vault)| {
+                    let url = format!("{}/api/vault/{vault}?id=bench-w{i}", self.base);
+                    let auth = format!("session {}", self.session);
+                    let body = self.body.clone();
+                    let (http, window) = (self.http.clone(), window.clone());
+                    tokio::spawn(window.drive(move || {
+                        let request = http.post(&url).header("Authorization", &auth).json(&body);
+                        async move {
+                            let r = send_json(request).await?;
+                            r["seq"].as_i64().map(|_| ()).ok_or_else(|| {
+                                format!("an append answered without seq: {r}").into()
+                            })
+                        }
+                    }))
+                })
+                .collect();
+        let logs = join_all(tasks).await?;
+        Ok(window.outcome(logs))
+    }
 }
 
 /// Compares each vault's stored rows with the appends acknowledged for it:
