@@ -118,9 +118,10 @@ pub enum TransitionError {
     /// `invalid encryption transition <from> -> <to>: <why>`
     #[error("invalid encryption transition {from} -> {to}: {why}")]
     Invalid { from: Mode, to: Mode, why: String },
-    /// The current mode again, with another kid.
+    /// The current mode again, with another kid:
+    /// `invalid encryption transition <mode> -> <mode>: the kid is ...`
     #[error(
-        "the encryption mode is already {mode} with kid {current}, not {asked}; \
+        "invalid encryption transition {mode} -> {mode}: the kid is {current}, not {asked}; \
          to change keys, move to enabling with the new kid"
     )]
     OtherKid {
@@ -445,10 +446,13 @@ mod tests {
             plan(&state(On, Some(KID)), &change(On, None), clean),
             Ok(Plan::Keep)
         );
-        assert!(matches!(
-            plan(&state(On, Some(KID)), &change(On, Some(NEW)), clean),
-            Err(TransitionError::OtherKid { .. })
-        ));
+        let other = plan(&state(On, Some(KID)), &change(On, Some(NEW)), clean).unwrap_err();
+        assert!(matches!(other, TransitionError::OtherKid { .. }));
+        assert!(
+            other
+                .to_string()
+                .starts_with("invalid encryption transition on -> on: the kid is 0a1b2c3d")
+        );
         assert!(plan(&state(Off, None), &change(Off, Some(KID)), clean).is_err());
     }
 

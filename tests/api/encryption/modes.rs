@@ -55,6 +55,10 @@ async fn every_transition_and_every_refusal_follows_the_contract(backend: Backen
     move_to(&app, &token, "enabling", None).await;
     let (status, body) = set_mode(&app, &token, "enabling", Some(NEW_KID)).await;
     assert_eq!(status, StatusCode::CONFLICT, "same mode, other kid: {body}");
+    assert!(
+        error(&body).starts_with("invalid encryption transition enabling -> enabling: "),
+        "{body}"
+    );
     for (mode, kid) in [("off", None), ("on", Some(NEW_KID))] {
         let (status, body) = set_mode(&app, &token, mode, kid).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
