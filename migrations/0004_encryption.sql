@@ -32,23 +32,54 @@ as $$
 $$;
 comment on function encryption_payload_ok(text) is 'Whether an envelope payload is strict padded base64 of at least 40 bytes (src/encryption/envelope.rs).';
 
--- How a stored value counts against the current kid (null in mode off):
--- 'empty', 'plaintext', 'ciphertext' (a valid envelope with that kid) or
--- 'obsolete' (anything else starting with e1.). Mirrors
--- src/encryption/envelope.rs::classify.
-create function encryption_field_class(p_value text, p_kid text) returns text
+-- The shape of a value: 'empty', 'plain' (not starting with e1.),
+-- 'malformed' (starting with e1. but no envelope), or the kid of a
+-- well-formed envelope. Mirrors src/encryption/envelope.rs::shape.
+create function encryption_shape(p_value text) returns text
 language sql immutable parallel safe
 as $$
     select case
         when p_value = '' then 'empty'
-        when left(p_value, 3) <> 'e1.' then 'plaintext'
-        when p_kid is not null
-             and left(p_value, 12) = 'e1.' || p_kid || '.'
-             and encryption_payload_ok(substr(p_value, 13)) then 'ciphertext'
+        when left(p_value, 3) <> 'e1.' then 'plain'
+        when substr(p_value, 4, 8) ~ '^[0-9a-f]{8}$'
+             and substr(p_value, 12, 1) = '.'
+             and encryption_payload_ok(substr(p_value, 13)) then substr(p_value, 4, 8)
+        else 'malformed'
+    end
+$$;
+comment on function encryption_shape(text) is 'empty | plain | malformed | the kid of a well-formed envelope (src/encryption/envelope.rs::shape).';
+
+-- How a value of shape p_shape counts against the current kid (null in
+-- mode off): 'empty', 'plaintext', 'ciphertext' (a well-formed envelope
+-- with that kid) or 'obsolete' (anything else starting with e1.). Mirrors
+-- src/encryption/envelope.rs::classify.
+create function encryption_shape_class(p_shape text, p_kid text) returns text
+language sql immutable parallel safe
+as $$
+    select case
+        when p_shape = 'empty' then 'empty'
+        when p_shape = 'plain' then 'plaintext'
+        when p_shape = p_kid then 'ciphertext'
         else 'obsolete'
     end
 $$;
-comment on function encryption_field_class(text, text) is 'empty | plaintext | ciphertext | obsolete, against the current kid (src/encryption/envelope.rs::classify).';
+comment on function encryption_shape_class(text, text) is 'empty | plaintext | ciphertext | obsolete of a shape, against the current kid.';
+
+create function encryption_field_class(p_value text, p_kid text) returns text
+language sql immutable parallel safe
+as $$
+    select encryption_shape_class(encryption_shape(p_value), p_kid)
+$$;
+comment on function encryption_field_class(text, text) is 'empty | plaintext | ciphertext | obsolete of a value, against the current kid (src/encryption/envelope.rs::classify).';
+
+-- Every stored value keeps its shape beside it, computed once when it is
+-- written (or rewritten), so the gates count without parsing anything.
+alter table vaults add column summary_shape text
+    generated always as (encryption_shape(summary)) stored;
+alter table vault_entries add column content_shape text
+    generated always as (encryption_shape(content)) stored;
+comment on column vaults.summary_shape is 'encryption_shape(summary): what the encryption gates count.';
+comment on column vault_entries.content_shape is 'encryption_shape(content): what the encryption gates count.';
 
 -- The work session's mode row, locked FOR SHARE until the caller's
 -- transaction ends; created (mode off) when missing, so that a write in a

@@ -9,8 +9,8 @@
 //!   padding and trailing bits), decoding to at least [`MIN_SEALED_BYTES`]
 //!   (a 24-byte nonce and a 16-byte tag, then the ciphertext).
 //!
-//! Postgres counts fields with the same rules in SQL
-//! (`encryption_field_class`, migrations/0004_encryption.sql); the shared
+//! Postgres applies the same rules in SQL (`encryption_shape` and
+//! `encryption_field_class`, migrations/0004_encryption.sql); the shared
 //! test suite runs both over the same values.
 
 use base64::Engine;

@@ -1,7 +1,8 @@
 //! Encryption modes and the rewrite on Postgres. The SQL side lives in
-//! migrations/0004_encryption.sql: `encryption_check` (the mode check every
-//! write makes in its own statement), `encryption_field_class` (how a value
-//! counts) and `vault_rewrite`.
+//! migrations/0004_encryption.sql: `encryption_check` and
+//! `encryption_refusal` (the mode check every write makes in its own
+//! statement), `encryption_shape` (stored beside every value, what the
+//! gates count) and `vault_rewrite`.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -76,15 +77,16 @@ fn mode_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<ModeState> {
 }
 
 /// Counts every summary and every row version of the work session's
-/// vaults against `kid`, in SQL (the values never leave the database).
-const COUNT_SQL: &str = "select coalesce(sum((c = 'plaintext')::int), 0)::bigint as plaintext,
-            coalesce(sum((c = 'ciphertext')::int), 0)::bigint as ciphertext,
-            coalesce(sum((c = 'obsolete')::int), 0)::bigint as obsolete
+/// vaults against `kid` from the shapes stored beside them
+/// (`summary_shape`, `content_shape`: migrations/0004_encryption.sql), so
+/// nothing is parsed while the mode row is locked.
+const COUNT_SQL: &str = "select count(*) filter (where s = 'plain') as plaintext,
+            count(*) filter (where s = $2) as ciphertext,
+            count(*) filter (where s not in ('empty', 'plain') and s is distinct from $2) as obsolete
      from (
-        select encryption_field_class(v.summary, $2) as c
-        from vaults v where v.work_session = $1
+        select v.summary_shape as s from vaults v where v.work_session = $1
         union all
-        select encryption_field_class(e.content, $2)
+        select e.content_shape
         from vaults v join vault_entries e on e.vault_id = v.id
         where v.work_session = $1
      ) fields";
