@@ -37,8 +37,9 @@ pub fn router(rewrite_body_limit: usize) -> OpenApiRouter<AppState> {
 struct ModeBody {
     /// `off`, `enabling`, `on` or `disabling`.
     mode: String,
-    /// The key id (8 lowercase hex characters); required for every mode but
-    /// `off`.
+    /// The key id (8 lowercase hex characters): required to move from `off`
+    /// to `enabling` and for key rotation (`on` to `enabling`, a new kid);
+    /// otherwise optional, and when given it must be the current kid.
     kid: Option<String>,
 }
 
