@@ -15,7 +15,13 @@
 //! Each write keeps its own result: the SQL checks every item and refuses
 //! one (no such entry, a session that is not granted, ...) without raising,
 //! so its neighbours still commit. Every vault of a batch is locked first, in
-//! id order, so batches on several replicas never deadlock.
+//! id order, so batches on several replicas never deadlock over vaults. (One
+//! wait remains outside that order: an idempotency key claimed by another
+//! uncommitted transaction. A repeat of a request names the same vault, so
+//! it queues on the vault lock first; only a client that reuses two keys for
+//! different requests at once, on two replicas, in opposite orders, could
+//! make two batches wait on each other, and Postgres then fails one of them
+//! as a deadlock: its writes are refused, none acknowledged.)
 
 use sqlx::Row;
 use sqlx::postgres::PgPool;
