@@ -11,21 +11,23 @@
 //!    never with a plain `.route(...)`, so the router and this document
 //!    are built from one list.
 //!
-//! Errors are documented as [`ErrorBody`]; each operation ends its
-//! `responses(...)` with one of the sets here: [`Refusals`] (only
-//! `default`, which covers what every route may answer: 429, 503, ...),
-//! [`VaultRefusals`] (400, 401, 403, 404 for routes on one vault),
-//! [`AdminRefusals`] (401 for the admin token), plus [`BodyRefusals`] (413,
-//! 415) on routes with a JSON body; statuses particular to a route are
-//! listed as tuples before them. Schema names are global to the document:
-//! name body and answer types after their route (`CreateVaultBody`), not
-//! `Body`. The
-//! `security` names are the schemes below: [`SESSION`], [`LINK`],
-//! [`SESSION_BEARER`], [`ASTATION`], [`ADMIN`] and [`TICKET`]. A route
-//! served by a tower service (like `/mcp`) gets thin handlers that hand the
-//! request to the service, one per method, so it is declared the same way. The browser viewer's static
-//! files are not described (they are the fallback for paths outside
-//! `/api`).
+//! Each operation has a unique `operation_id` and a `security(...)` list
+//! naming the schemes below ([`SESSION`], [`LINK`], [`SESSION_BEARER`],
+//! [`ASTATION`], [`ADMIN`], [`TICKET`]); the few public operations are
+//! listed in the test. Errors are documented as [`ErrorBody`]: each
+//! operation ends its `responses(...)` with one of the sets here,
+//! [`Refusals`] (only `default`, which covers what every route may answer:
+//! 429, 503, ...), [`VaultRefusals`] (400, 401, 403, 404 for routes on one
+//! vault) or [`AdminRefusals`] (401 for the admin token), plus
+//! [`BodyRefusals`] (413, 415) on routes with a JSON body; statuses
+//! particular to a route are listed as tuples before them. Schema names are
+//! global to the document: name body and answer types after their route
+//! (`CreateVaultBody`), not `Body`.
+//!
+//! A route served by a tower service (like `/mcp`) gets thin handlers that
+//! hand the request to the service, one per method, so it is declared the
+//! same way. The browser viewer's static files are not described: they are
+//! the fallback for paths no route names.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
