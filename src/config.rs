@@ -274,6 +274,10 @@ pub struct Config {
     /// vault's rows.
     #[arg(long, env = "MAX_REWRITE_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_rewrite_body_bytes: usize,
+    /// Frames per second a stream's client may send (pings included)
+    /// before it is closed with 1008; 0 turns the limit off.
+    #[arg(long, env = "STREAM_MAX_CLIENT_FRAMES_PER_SEC", default_value_t = 50)]
+    pub stream_max_client_frames_per_sec: u32,
 }
 
 /// How log lines are written.

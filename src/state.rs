@@ -28,6 +28,7 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// Body limit of the rewrite route (`MAX_REWRITE_BODY_BYTES`).
     pub max_rewrite_body_bytes: usize,
+    pub stream_max_client_frames_per_sec: u32,
 }
 
 impl Settings {
@@ -50,6 +51,7 @@ impl Settings {
             metrics_public: config.metrics_public,
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs.max(1)),
             max_rewrite_body_bytes: config.max_rewrite_body_bytes,
+            stream_max_client_frames_per_sec: config.stream_max_client_frames_per_sec,
         }
     }
 }

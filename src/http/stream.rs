@@ -1,12 +1,14 @@
-//! `GET /api/vault/{id}/stream`: everything is checked before the upgrade,
-//! so a refused request gets a plain HTTP error with our JSON body.
+//! `GET /api/vault/{id}/stream` (WebSocket) and `GET /api/vault/{id}/events`
+//! (server-sent events): the same checks, made before the upgrade or the
+//! response, so a refused request gets a plain HTTP error with our JSON
+//! body; then the same flow over either transport.
 //! `POST /api/vault/{id}/stream-ticket`: a short-lived, single-use ticket
-//! for browsers, which cannot set headers on a WebSocket.
+//! for browsers, which cannot set headers on a WebSocket or an EventSource.
 
 use axum::Json;
 use axum::extract::{OriginalUri, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -22,9 +24,10 @@ use crate::identity::sanitize_atem_id;
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::StreamTicket;
-use crate::stream::socket::{self, StreamRequest};
+use crate::stream::flow::{self, StreamRequest};
+use crate::stream::socket::{self, SocketLimits, WebSocket};
+use crate::stream::sse;
 use crate::stream::upgrade::Upgrade;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Seconds a stream ticket stays valid.
 pub const TICKET_TTL_SECS: i64 = 30;
@@ -33,6 +36,7 @@ pub const TICKET_TTL_SECS: i64 = 30;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
         .routes(routes!(stream))
+        .routes(routes!(events))
         .routes(routes!(ticket))
 }
 
@@ -96,6 +100,59 @@ async fn principal(
     Ok((principal, Some(t.client_id)))
 }
 
+/// Checks a stream request (credential, client id, cursor, access) and
+/// says what the stream needs. `last_event_id` (an event stream's resume
+/// header) takes the place of `since` when present.
+async fn open(
+    state: &AppState,
+    vault_id: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    q: StreamQuery,
+    last_event_id: Option<&str>,
+) -> Result<StreamRequest, ApiError> {
+    // Listen before checking: a revocation after the check below reaches
+    // the stream, one before it fails the check.
+    let revocations = state.hub.revocations();
+    let (principal, ticket_client) =
+        principal(state, vault_id, q.ticket.as_deref(), headers).await?;
+    if let (Some(asked), Some(issued)) = (q.id.as_deref(), ticket_client.as_deref())
+        && asked != issued
+    {
+        return Err(ApiError::Unauthorized(
+            "this stream ticket was issued for another client id; get a new one with this id"
+                .into(),
+        ));
+    }
+    let client_id = auth::validate_client_id(q.id.as_deref().or(ticket_client.as_deref()))?;
+    let since = last_event_id
+        .or(q.since.as_deref())
+        .map(|s| parse_since(Some(s)))
+        .transpose()?;
+    let expires_at = match &principal {
+        Principal::Link { expires_at, .. } => Some(*expires_at),
+        Principal::Session { .. } => None,
+    };
+    let caller = Caller {
+        principal,
+        client_id,
+    };
+    let vault = access::vault_for(state.store.as_ref(), &caller, vault_id, Action::Read).await?;
+    let atem_id = sanitize_atem_id(raw_atem_id(uri).unwrap_or(""));
+    Ok(StreamRequest {
+        vault,
+        principal: caller.principal,
+        client_id: caller.client_id,
+        atem_id,
+        since,
+        epoch: q.epoch.filter(|e| !e.is_empty()),
+        expires_at,
+        revocations,
+        ping_every: state.settings.stream_ping,
+        metrics: state.metrics.clone(),
+    })
+}
+
 /// Upgrades to a WebSocket carrying the vault's rows as they commit (frames
 /// and close codes: docs/stream.md). Everything is checked before the
 /// upgrade; a refusal is a plain HTTP error.
@@ -123,54 +180,86 @@ async fn stream(
     ApiQuery(q): ApiQuery<StreamQuery>,
     upgrade: Result<Upgrade, ApiError>,
 ) -> Result<Response, ApiError> {
-    let (principal, ticket_client) =
-        principal(&state, &vault_id, q.ticket.as_deref(), &headers).await?;
-    let client_id = auth::validate_client_id(q.id.as_deref().or(ticket_client.as_deref()))?;
-    let since = q
-        .since
-        .as_deref()
-        .map(|s| parse_since(Some(s)))
-        .transpose()?;
-    let expires_at = match &principal {
-        Principal::Link { expires_at, .. } => Some(*expires_at),
-        Principal::Session { .. } => None,
-    };
-    let caller = Caller {
-        principal,
-        client_id,
-    };
-    let vault = access::vault_for(state.store.as_ref(), &caller, &vault_id, Action::Read).await?;
+    let req = open(&state, &vault_id, &uri, &headers, q, None).await?;
     // Checked last, so refusals say what is wrong with the credential first.
     let upgrade = upgrade?;
-    let atem_id = sanitize_atem_id(raw_atem_id(&uri).unwrap_or(""));
-    let req = StreamRequest {
-        vault,
-        principal: caller.principal,
-        client_id: caller.client_id,
-        atem_id,
-        since,
-        epoch: q.epoch.filter(|e| !e.is_empty()),
-        expires_at,
+    let limits = SocketLimits {
         ping_every: state.settings.stream_ping,
         send_timeout: state.settings.stream_send_timeout,
-        metrics: state.metrics.clone(),
+        max_client_frames_per_sec: state.settings.stream_max_client_frames_per_sec,
     };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
     // Shutdown waits for this stream's close frame before the process exits.
     let guard = shutdown.track();
-    // Clients only send pongs and closes, so a small read buffer keeps an
-    // idle subscriber cheap; the write buffer holds one burst of frames,
-    // flushed together (large frames are fragmented to fit it).
-    let config = WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(8 * 1024)
-        .max_message_size(Some(64 * 1024))
-        .max_frame_size(Some(64 * 1024));
-    Ok(upgrade.on_upgrade(config, move |socket| async move {
-        socket::serve(socket, hub, req, shutdown).await;
+    Ok(
+        upgrade.on_upgrade(socket::config(), move |socket| async move {
+            flow::serve(WebSocket::new(socket, limits), hub, req, shutdown).await;
+            drop(guard);
+        }),
+    )
+}
+
+/// The same stream as server-sent events (`text/event-stream`): each frame
+/// one event named after its type, entries with `id: <seq>`,
+/// `Last-Event-ID` to resume, keepalive comments, and `event: close` with
+/// the close code (docs/stream.md). Everything is checked before the
+/// response; a refusal is a plain HTTP error.
+#[utoipa::path(
+    get,
+    path = "/api/vault/{vault_id}/events",
+    operation_id = "open_event_stream",
+    tag = "streams",
+    params(
+        VaultId,
+        StreamQuery,
+        ("atem_id" = Option<String>, Query, description = "A display name for presence (percent-encoded, sanitized; any letters of any script, digits and `-`)"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this seq, like `since` (wins over it)"),
+    ),
+    responses(
+        (status = 200, description = "An event stream of the vault's frames (hello, presence, encryption, entry, caught_up, summary, reset, close)", content_type = "text/event-stream", body = String),
+        VaultRefusals,
+    ),
+    security(("session" = []), ("link" = []), ("ticket" = []))
+)]
+async fn events(
+    State(state): State<AppState>,
+    ApiPath(vault_id): ApiPath<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::BadRequest("Last-Event-ID must be a seq (a non-negative integer)".into())
+        })?),
+        None => None,
+    };
+    let req = open(&state, &vault_id, &uri, &headers, q, last_event_id).await?;
+    let (transport, body) = sse::channel(state.settings.stream_send_timeout);
+    let hub = state.hub.clone();
+    let shutdown = state.shutdown.clone();
+    let guard = shutdown.track();
+    tokio::spawn(async move {
+        flow::serve(transport, hub, req, shutdown).await;
         drop(guard);
-    }))
+    });
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Proxies that buffer responses would hold the events back.
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Issues a single-use ticket that opens this vault's stream within 30

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::stream::Event;
-use crate::stream::socket::revokes;
+use crate::stream::flow::revokes;
 
 /// What one subscription needs.
 pub struct WatchRequest {
@@ -150,7 +150,7 @@ async fn listen(
         let changed = tokio::select! {
             event = sub.recv() => match event {
                 Ok(Event::Entry { .. }) => true,
-                Ok(Event::Frame(frame)) => is_summary(&frame),
+                Ok(Event::Frame(frame)) => is_summary(frame.json()),
                 // Fell off the ring: rows were missed, so something changed.
                 Err(RecvError::Lagged(_)) => true,
                 Err(RecvError::Closed) => return Stop::Gone,
@@ -188,7 +188,7 @@ mod tests {
     fn only_summary_frames_change_the_resource() {
         let summary = crate::stream::frames::summary("new words");
         let presence = crate::stream::frames::presence(&[], 0);
-        assert!(is_summary(&summary));
-        assert!(!is_summary(&presence));
+        assert!(is_summary(summary.json()));
+        assert!(!is_summary(presence.json()));
     }
 }

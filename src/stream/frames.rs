@@ -1,9 +1,12 @@
 //! The stream's frames, as JSON text. Their `type` names are part of the
-//! protocol (docs/stream.md).
+//! protocol (docs/stream.md). Each frame is serialized once and shared by
+//! every subscriber that sends it, on every transport.
 
-use serde::Serialize;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 
 use crate::store::{Entry, Watcher};
 
@@ -17,6 +20,69 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
 pub const CLOSE_REVOKED: u16 = 4001;
 /// Close code: the peer stopped answering pings.
 pub const CLOSE_UNRESPONSIVE: u16 = 4002;
+/// Close code: the client sent more frames per second than allowed.
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: the client sent a message larger than the relay accepts.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// One frame, serialized once: the JSON text a WebSocket sends as is and,
+/// built on first use, the same frame as a server-sent event. Cloning is
+/// a reference count.
+#[derive(Clone, Debug)]
+pub struct Frame(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
+    json: Utf8Bytes,
+    sse: OnceLock<Bytes>,
+}
+
+/// The two fields the event encoding needs from a frame's JSON.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    frame_type: std::borrow::Cow<'a, str>,
+    seq: Option<i64>,
+}
+
+impl Frame {
+    /// A frame from its JSON text (an object with a `type`).
+    pub fn from_json(json: Utf8Bytes) -> Frame {
+        Frame(Arc::new(Encoded {
+            json,
+            sse: OnceLock::new(),
+        }))
+    }
+
+    /// The JSON text: what a WebSocket sends.
+    pub fn json(&self) -> &Utf8Bytes {
+        &self.0.json
+    }
+
+    /// The server-sent event: `event: <type>`, `id: <seq>` for entries,
+    /// `data: <the JSON>` and a blank line. JSON text has no raw line
+    /// breaks, so the data is one line.
+    pub fn sse(&self) -> &Bytes {
+        self.0.sse.get_or_init(|| {
+            let json = self.0.json.as_str();
+            let head: Option<Head> = serde_json::from_str(json).ok();
+            let frame_type = head.as_ref().map_or("message", |h| h.frame_type.as_ref());
+            let mut out = String::with_capacity(json.len() + 48);
+            out.push_str("event: ");
+            out.push_str(frame_type);
+            out.push('\n');
+            if frame_type == "entry"
+                && let Some(seq) = head.as_ref().and_then(|h| h.seq)
+            {
+                out.push_str(&format!("id: {seq}\n"));
+            }
+            out.push_str("data: ");
+            out.push_str(json);
+            out.push_str("\n\n");
+            Bytes::from(out)
+        })
+    }
+}
 
 #[derive(Serialize)]
 struct EntryFrame<'a> {
@@ -26,13 +92,15 @@ struct EntryFrame<'a> {
     entry: &'a Entry,
 }
 
-fn text(value: impl Serialize) -> Utf8Bytes {
+fn text(value: impl Serialize) -> Frame {
     // Serializing our own plain structs cannot fail.
-    Utf8Bytes::from(serde_json::to_string(&value).unwrap_or_default())
+    Frame::from_json(Utf8Bytes::from(
+        serde_json::to_string(&value).unwrap_or_default(),
+    ))
 }
 
 /// `{"type": "entry", ...VaultEntry}`
-pub fn entry(e: &Entry) -> Utf8Bytes {
+pub fn entry(e: &Entry) -> Frame {
     text(EntryFrame {
         frame_type: "entry",
         entry: e,
@@ -40,7 +108,7 @@ pub fn entry(e: &Entry) -> Utf8Bytes {
 }
 
 /// `{"type": "hello", "vault_id", "summary", "head_seq", "epoch"}`
-pub fn hello(vault_id: &str, summary: &str, head_seq: i64, epoch: &str) -> Utf8Bytes {
+pub fn hello(vault_id: &str, summary: &str, head_seq: i64, epoch: &str) -> Frame {
     text(json!({
         "type": "hello",
         "vault_id": vault_id,
@@ -51,23 +119,23 @@ pub fn hello(vault_id: &str, summary: &str, head_seq: i64, epoch: &str) -> Utf8B
 }
 
 /// `{"type": "caught_up", "seq"}`
-pub fn caught_up(seq: i64) -> Utf8Bytes {
+pub fn caught_up(seq: i64) -> Frame {
     text(json!({ "type": "caught_up", "seq": seq }))
 }
 
 /// `{"type": "summary", "summary"}`
-pub fn summary(summary: &str) -> Utf8Bytes {
+pub fn summary(summary: &str) -> Frame {
     text(json!({ "type": "summary", "summary": summary }))
 }
 
 /// `{"type": "reset", "epoch"}`
-pub fn reset(epoch: &str) -> Utf8Bytes {
+pub fn reset(epoch: &str) -> Frame {
     text(json!({ "type": "reset", "epoch": epoch }))
 }
 
 /// `{"type": "encryption", "mode", "kid"}`: the vault's work session's
 /// encryption mode, after hello and whenever it changes.
-pub fn encryption(mode: &crate::encryption::ModeState) -> Utf8Bytes {
+pub fn encryption(mode: &crate::encryption::ModeState) -> Frame {
     text(json!({ "type": "encryption", "mode": mode.mode, "kid": mode.kid }))
 }
 
@@ -75,9 +143,16 @@ pub fn encryption(mode: &crate::encryption::ModeState) -> Utf8Bytes {
 pub const MAX_LISTED_WATCHERS: usize = 100;
 
 /// `{"type": "presence", "watchers": [...first 100], "count"}`
-pub fn presence(watchers: &[Watcher], count: i64) -> Utf8Bytes {
+pub fn presence(watchers: &[Watcher], count: i64) -> Frame {
     let listed = &watchers[..watchers.len().min(MAX_LISTED_WATCHERS)];
     text(json!({ "type": "presence", "watchers": listed, "count": count }))
+}
+
+/// `event: close` with `data: {"code", "reason"}`: where a WebSocket would
+/// close with a code, an event stream sends this and ends.
+pub fn close_event(code: u16, reason: &str) -> Bytes {
+    let data = json!({ "code": code, "reason": reason });
+    Bytes::from(format!("event: close\ndata: {data}\n\n"))
 }
 
 #[cfg(test)]
@@ -92,7 +167,8 @@ mod tests {
                 client_id: format!("c{i}"),
             })
             .collect();
-        let frame: serde_json::Value = serde_json::from_str(&presence(&watchers, 150)).unwrap();
+        let frame: serde_json::Value =
+            serde_json::from_str(presence(&watchers, 150).json()).unwrap();
         assert_eq!(frame["type"], "presence");
         assert_eq!(frame["count"], 150);
         assert_eq!(
@@ -116,9 +192,35 @@ mod tests {
             content: "<b>x</b>".into(),
             created_at: chrono::Utc::now(),
         };
-        let mut frame: serde_json::Value = serde_json::from_str(&entry(&row)).unwrap();
+        let mut frame: serde_json::Value = serde_json::from_str(entry(&row).json()).unwrap();
         assert_eq!(frame["type"], "entry");
         frame.as_object_mut().unwrap().remove("type");
         assert_eq!(frame, serde_json::to_value(&row).unwrap());
+    }
+
+    #[test]
+    fn events_carry_the_type_the_json_and_an_id_for_entries() {
+        let row = Entry {
+            seq: 42,
+            entry_no: 1,
+            version: 1,
+            kind: "content".into(),
+            writer_id: "w".into(),
+            content: "two\nlines".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let frame = entry(&row);
+        let event = std::str::from_utf8(frame.sse()).unwrap();
+        assert_eq!(
+            event,
+            format!("event: entry\nid: 42\ndata: {}\n\n", frame.json().as_str())
+        );
+        assert_eq!(event.lines().count(), 3, "the data is one line: {event}");
+        let caught = caught_up(42);
+        assert_eq!(
+            std::str::from_utf8(caught.sse()).unwrap(),
+            format!("event: caught_up\ndata: {}\n\n", caught.json().as_str()),
+            "only entries carry an id"
+        );
     }
 }

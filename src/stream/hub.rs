@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{frames, presence};
+use super::frames::{self, Frame};
+use super::presence;
 use crate::shutdown::Shutdown;
-use crate::store::{Committed, Notice, Revocation, Store, WatcherRecord};
+use crate::store::{
+    Committed, Notice, Revocation, Store, StoreError, Vault, Watcher, WatcherRecord,
+};
 
 /// Rows fetched per query when the hub pumps a vault.
 const PUMP_PAGE: i64 = 500;
@@ -21,9 +23,9 @@ const MAX_BURST: usize = 4096;
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A committed row, already serialized as an `entry` frame.
-    Entry { seq: i64, frame: Utf8Bytes },
+    Entry { seq: i64, frame: Frame },
     /// Any other frame (summary, presence), already serialized.
-    Frame(Utf8Bytes),
+    Frame(Frame),
 }
 
 struct VaultChannel {
@@ -31,18 +33,55 @@ struct VaultChannel {
     /// The cursor: every committed row of the vault up to this seq has been
     /// broadcast (or was committed before the channel opened). The pump and
     /// the local fast path ([`Hub::publish_committed`]) both advance it, each
-    /// sending under this lock, so no row is sent twice or skipped.
+    /// sending under this lock, so no row is sent twice or skipped; and a
+    /// subscriber that reads it after joining has either received a row or
+    /// finds it at or below the cursor.
     pumped: Mutex<i64>,
     /// The vault's work session, learned the first time a change of
     /// encryption mode needs it (it never changes).
     work_session: std::sync::OnceLock<String>,
+    /// What the hub last learnt of the vault, so a newcomer is greeted
+    /// without reading the store: opening a stream costs the same however
+    /// many others watch the vault.
+    known: Mutex<Known>,
 }
 
 impl VaultChannel {
     fn cursor(&self) -> MutexGuard<'_, i64> {
-        // Nothing panics while holding this lock; ignore poisoning.
-        self.pumped.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pumped)
     }
+}
+
+#[derive(Default)]
+struct Known {
+    summary: Option<String>,
+    presence: Option<KnownPresence>,
+}
+
+/// The watchers of a vault as last read from the store.
+#[derive(Clone)]
+pub(crate) struct KnownPresence {
+    pub listed: Vec<Watcher>,
+    pub count: i64,
+    /// Local streams up to this connection id had joined before the read.
+    pub as_of_conn: i64,
+}
+
+/// A newcomer's membership of a vault and what its greeting says.
+pub struct Joined {
+    pub sub: Subscription,
+    /// The summary to show in `hello`.
+    pub summary: String,
+    /// The head to show in `hello`: every row above it is broadcast after
+    /// the subscription was made.
+    pub head_seq: i64,
+    /// The `presence` frame for the newcomer (itself included).
+    pub presence: Frame,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; ignore poisoning.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Inner {
@@ -108,11 +147,20 @@ impl Hub {
     }
 
     fn channels(&self) -> MutexGuard<'_, HashMap<String, Arc<VaultChannel>>> {
-        // Nothing panics while holding this lock; ignore poisoning.
-        self.inner
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.channels)
+    }
+
+    /// The highest connection id handed out so far.
+    pub(crate) fn last_conn(&self) -> i64 {
+        self.inner.next_conn.load(Ordering::Relaxed) - 1
+    }
+
+    /// Remembers a vault's watchers, as the presence coalescer just read
+    /// them, for the newcomers that follow.
+    pub(crate) fn remember_presence(&self, vault_id: &str, presence: KnownPresence) {
+        if let Some(ch) = self.channel(vault_id) {
+            lock(&ch.known).presence = Some(presence);
+        }
     }
 
     fn channel(&self, vault_id: &str) -> Option<Arc<VaultChannel>> {
@@ -141,25 +189,43 @@ impl Hub {
         }
     }
 
-    /// Joins a vault's channel as a watcher (it shows in presence).
-    /// `head_seq` must have been read from the store before this call: rows
-    /// above it that commit later are announced and pumped; rows committed in
-    /// between are found by the caller's replay, which reads the store after
-    /// subscribing.
-    pub async fn subscribe(
+    /// Joins a vault's channel and says how to greet the newcomer.
+    /// `vault` must have been read from the store before this call: rows
+    /// above the greeting's head that commit later are announced and
+    /// pumped; rows committed in between are found by the caller's replay,
+    /// which reads the store after joining, or lie at or below the head.
+    pub async fn join(
         &self,
-        vault_id: &str,
-        head_seq: i64,
+        vault: &Vault,
         atem_id: &str,
         client_id: &str,
-    ) -> Subscription {
-        let mut sub = self.watch(vault_id, head_seq);
+    ) -> Result<Joined, StoreError> {
+        let (rx, ch) = {
+            let mut channels = self.channels();
+            let ch = channels
+                .entry(vault.id.clone())
+                .or_insert_with(|| {
+                    Arc::new(VaultChannel {
+                        tx: broadcast::channel(self.inner.capacity).0,
+                        pumped: Mutex::new(vault.head_seq),
+                        work_session: std::sync::OnceLock::from(vault.work_session.clone()),
+                        known: Mutex::new(Known::default()),
+                    })
+                })
+                .clone();
+            (ch.tx.subscribe(), ch)
+        };
         let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        sub.conn_id = Some(conn_id);
+        let sub = Subscription {
+            hub: self.clone(),
+            vault_id: vault.id.clone(),
+            conn_id: Some(conn_id),
+            rx: Some(rx),
+        };
         let record = WatcherRecord {
             replica_id: self.inner.replica_id.clone(),
             conn_id,
-            vault_id: vault_id.to_string(),
+            vault_id: vault.id.clone(),
             atem_id: atem_id.to_string(),
             client_id: client_id.to_string(),
         };
@@ -167,12 +233,66 @@ impl Hub {
             // Presence is advisory: the stream works without it.
             tracing::warn!(error = %e, "could not record a watcher");
         }
-        sub
+        // Read after subscribing: rows the hub broadcast before we joined
+        // are at or below it.
+        let mut head_seq = vault.head_seq.max(*ch.cursor());
+        let (summary, presence) = {
+            let known = lock(&ch.known);
+            (known.summary.clone(), known.presence.clone())
+        };
+        // Only the first streams of a vault on this process read the store;
+        // the hub keeps both facts fresh from then on.
+        let summary = match summary {
+            Some(summary) => summary,
+            None => {
+                let fresh = self.inner.store.vault(&vault.id).await?;
+                let (summary, head) = fresh
+                    .map(|v| (v.summary, v.head_seq))
+                    .unwrap_or_else(|| (vault.summary.clone(), vault.head_seq));
+                head_seq = head_seq.max(head);
+                lock(&ch.known)
+                    .summary
+                    .get_or_insert_with(|| summary.clone())
+                    .clone()
+            }
+        };
+        let me = Watcher {
+            atem_id: atem_id.to_string(),
+            client_id: client_id.to_string(),
+        };
+        let presence = match presence {
+            Some(mut p) => {
+                if conn_id > p.as_of_conn {
+                    if p.listed.len() < frames::MAX_LISTED_WATCHERS {
+                        p.listed.push(me);
+                    }
+                    p.count += 1;
+                }
+                frames::presence(&p.listed, p.count)
+            }
+            None => match presence::read(self, &vault.id).await {
+                Ok(p) => {
+                    let frame = frames::presence(&p.listed, p.count);
+                    lock(&ch.known).presence.get_or_insert(p);
+                    frame
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading presence failed");
+                    frames::presence(std::slice::from_ref(&me), 1)
+                }
+            },
+        };
+        Ok(Joined {
+            sub,
+            summary,
+            head_seq,
+            presence,
+        })
     }
 
     /// Joins a vault's channel without showing in presence, for listeners
     /// that only need to know that the vault changed (MCP resource
-    /// subscriptions). `head_seq` as for [`Hub::subscribe`].
+    /// subscriptions). `head_seq` as for [`Hub::join`]'s vault.
     pub fn watch(&self, vault_id: &str, head_seq: i64) -> Subscription {
         let rx = {
             let mut channels = self.channels();
@@ -181,6 +301,7 @@ impl Hub {
                     tx: broadcast::channel(self.inner.capacity).0,
                     pumped: Mutex::new(head_seq),
                     work_session: std::sync::OnceLock::new(),
+                    known: Mutex::new(Known::default()),
                 })
             });
             ch.tx.subscribe()
@@ -282,7 +403,7 @@ impl Hub {
             .iter()
             .map(|(id, ch)| (id.clone(), ch.clone()))
             .collect();
-        let mut frames_by_session: std::collections::HashMap<String, Utf8Bytes> =
+        let mut frames_by_session: std::collections::HashMap<String, Frame> =
             std::collections::HashMap::new();
         for (vault_id, ch) in watched {
             let work_session = match ch.work_session.get() {
@@ -320,7 +441,7 @@ impl Hub {
     /// Reads a vault's rows above its channel's cursor and broadcasts them.
     /// `announced` is the highest seq a notice named: when the cursor is
     /// already there (the fast path delivered it), there is nothing to read.
-    async fn pump(&self, vault_id: &str, announced: i64) -> Result<(), crate::store::StoreError> {
+    async fn pump(&self, vault_id: &str, announced: i64) -> Result<(), StoreError> {
         let Some(ch) = self.channel(vault_id) else {
             return Ok(());
         };
@@ -381,11 +502,15 @@ impl Hub {
     }
 
     async fn push_summary(&self, vault_id: &str) {
-        if self.channel(vault_id).is_none() {
+        let Some(ch) = self.channel(vault_id) else {
             return;
-        }
+        };
         match self.inner.store.vault(vault_id).await {
-            Ok(Some(v)) => self.broadcast(vault_id, Event::Frame(frames::summary(&v.summary))),
+            Ok(Some(v)) => {
+                // Remembered before the broadcast, as the cursor is.
+                lock(&ch.known).summary = Some(v.summary.clone());
+                let _ = ch.tx.send(Event::Frame(frames::summary(&v.summary)));
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "reading a summary failed"),
         }
@@ -427,7 +552,10 @@ impl Drop for Subscription {
                 channels.remove(&self.vault_id);
             }
         }
-        let Some(conn) = self.conn_id else { return };
+        // A listener that never showed in presence has nothing to remove.
+        let Some(conn) = self.conn_id else {
+            return;
+        };
         let store = self.hub.inner.store.clone();
         let replica = self.hub.inner.replica_id.clone();
         let vault = std::mem::take(&mut self.vault_id);

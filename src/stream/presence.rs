@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::frames;
-use super::hub::{Event, Hub};
+use super::hub::{Event, Hub, KnownPresence};
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 
@@ -23,16 +23,19 @@ pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(10);
 /// A replica silent this long is taken for dead and its watchers dropped.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
-/// The current presence frame of a vault.
-pub async fn frame(
-    hub: &Hub,
-    vault_id: &str,
-) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, StoreError> {
+/// Reads a vault's watchers from the store (across replicas).
+pub(crate) async fn read(hub: &Hub, vault_id: &str) -> Result<KnownPresence, StoreError> {
+    // Streams that joined before this point are in the answer.
+    let as_of_conn = hub.last_conn();
     let (listed, count) = hub
         .store()
         .watchers(vault_id, frames::MAX_LISTED_WATCHERS as i64)
         .await?;
-    Ok(frames::presence(&listed, count))
+    Ok(KnownPresence {
+        listed,
+        count,
+        as_of_conn,
+    })
 }
 
 /// Records that this replica is alive.
@@ -53,8 +56,12 @@ pub async fn run(hub: Hub, mut dirty_rx: mpsc::UnboundedReceiver<String>, shutdo
                     if !hub.is_watched(&vault_id) {
                         continue;
                     }
-                    match frame(&hub, &vault_id).await {
-                        Ok(f) => hub.broadcast(&vault_id, Event::Frame(f)),
+                    match read(&hub, &vault_id).await {
+                        Ok(p) => {
+                            let frame = frames::presence(&p.listed, p.count);
+                            hub.remember_presence(&vault_id, p);
+                            hub.broadcast(&vault_id, Event::Frame(frame));
+                        }
                         Err(e) => tracing::warn!(error = %e, "reading presence failed"),
                     }
                 }

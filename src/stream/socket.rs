@@ -1,336 +1,255 @@
-//! One stream's socket: hello, replay, then live, until something ends it.
+//! The WebSocket transport of a stream (`GET .../stream`).
 //!
-//! Three layers: the HTTP handler checks everything before the upgrade
-//! (`http::stream`); [`serve`] logs how the stream ended; [`run`] is the
-//! loop that `select!`s over new rows, client frames, the ping timer,
-//! revocations and shutdown.
+//! Bounded whatever the client does: the socket holds at most
+//! [`MAX_OUTGOING_BYTES`] of unsent data (our frames are fragmented to a
+//! small write buffer, and the pongs the library queues on its own stop
+//! there too); a client that sends while it does not read is closed with
+//! 4000 once a pong cannot go out within the send timeout; a message over
+//! 64 KiB closes with 1009; more client frames per second than allowed
+//! close with 1008.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, timeout};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
-use super::frames::{
-    self, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_REVOKED, CLOSE_SLOW_CONSUMER, CLOSE_UNRESPONSIVE,
-};
-use super::hub::{Event, Hub};
-use super::presence;
+use super::flow::{End, Transport};
+use super::frames::Frame;
 use super::upgrade::Socket;
-use crate::auth::{self, Principal};
-use crate::metrics::{Metrics, Transport};
-use crate::shutdown::Shutdown;
-use crate::store::{Revocation, Vault};
+use crate::metrics;
 
-/// Rows per store read while replaying or catching up.
-const REPLAY_PAGE: i64 = 1000;
-/// Most live frames written before one flush.
-const BATCH_FRAMES: usize = 16;
 /// Frames larger than this go out in fragments of this size, so no socket's
 /// write buffer grows past it (buffers never shrink while a socket lives).
 const FRAGMENT_BYTES: usize = 8 * 1024;
+/// Most unsent bytes a socket holds, pongs included.
+pub const MAX_OUTGOING_BYTES: usize = 256 * 1024;
+/// Largest message a client may send.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// How long the goodbye may take: the close frame, then the client's reply.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Everything a stream needs, fixed before the upgrade.
-pub struct StreamRequest {
-    pub vault: Vault,
-    pub principal: Principal,
-    pub client_id: String,
-    pub atem_id: String,
-    /// `since` from the query; `None` starts at the head.
-    pub since: Option<i64>,
-    /// `epoch` from the query, if the client sent one.
-    pub epoch: Option<String>,
-    /// When the credential stops being valid by itself (links expire).
-    pub expires_at: Option<DateTime<Utc>>,
+/// The socket settings of every stream.
+pub fn config() -> WebSocketConfig {
+    // Clients only send pongs and closes, so a small read buffer keeps an
+    // idle subscriber cheap; the write buffer holds one burst of frames,
+    // flushed together (large frames are fragmented to fit it).
+    WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(FRAGMENT_BYTES)
+        .max_write_buffer_size(MAX_OUTGOING_BYTES)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+}
+
+/// How a socket treats its client.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketLimits {
     pub ping_every: Duration,
-    /// A frame that cannot be written within this time marks a stuck client.
+    /// A write that cannot complete within this time marks a stuck client.
     pub send_timeout: Duration,
-    /// The relay's metrics (open streams, frames sent, close codes).
-    pub metrics: Metrics,
+    /// Client frames allowed per second (a burst of one second's worth);
+    /// 0 allows any number.
+    pub max_client_frames_per_sec: u32,
 }
 
-/// Why a stream ended.
-#[derive(Debug)]
-enum End {
-    ClientClosed,
-    ClientGone,
-    Shutdown,
-    Revoked,
-    Slow,
-    Unresponsive,
-    Fault(String),
+/// A token bucket over the frames a client sends.
+struct FrameBudget {
+    per_sec: f64,
+    tokens: f64,
+    at: Instant,
 }
 
-impl End {
-    fn close(&self) -> Option<(u16, &'static str)> {
-        match self {
-            End::ClientClosed | End::ClientGone => None,
-            End::Shutdown => Some((
-                CLOSE_GOING_AWAY,
-                "server shutting down; reconnect with since",
-            )),
-            End::Revoked => Some((
-                CLOSE_REVOKED,
-                "credential revoked or expired; sign in again",
-            )),
-            End::Slow => Some((CLOSE_SLOW_CONSUMER, "too far behind; reconnect with since")),
-            End::Unresponsive => Some((CLOSE_UNRESPONSIVE, "no answer to ping")),
-            End::Fault(_) => Some((CLOSE_INTERNAL, "server error; reconnect with since")),
+impl FrameBudget {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec);
+        FrameBudget {
+            per_sec,
+            tokens: per_sec,
+            at: Instant::now(),
+        }
+    }
+
+    /// Spends one frame; false when the client is over its allowance.
+    fn take(&mut self) -> bool {
+        if self.per_sec == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + earned).min(self.per_sec);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
 
-type Sink = SplitSink<Socket, Message>;
-type Source = SplitStream<Socket>;
+/// One stream's WebSocket.
+pub struct WebSocket {
+    sink: SplitSink<Socket, Message>,
+    source: SplitStream<Socket>,
+    limits: SocketLimits,
+    last_heard: Instant,
+    budget: FrameBudget,
+}
 
-/// Runs a stream to its end and logs the outcome.
-pub async fn serve(socket: Socket, hub: Hub, req: StreamRequest, shutdown: Shutdown) {
-    let vault_id = req.vault.id.clone();
-    let metrics = req.metrics.clone();
-    let _open = metrics.stream_opened(Transport::WebSocket);
-    let (mut sink, mut source) = socket.split();
-    let end = match run(&mut sink, &mut source, &hub, req, &shutdown).await {
-        Ok(end) | Err(end) => end,
-    };
-    match &end {
-        End::Fault(detail) => tracing::error!(%vault_id, %detail, "stream failed"),
-        other => tracing::debug!(%vault_id, end = ?other, "stream ended"),
+impl WebSocket {
+    /// Wraps an upgraded socket.
+    pub fn new(socket: Socket, limits: SocketLimits) -> Self {
+        let (sink, source) = socket.split();
+        WebSocket {
+            sink,
+            source,
+            limits,
+            last_heard: Instant::now(),
+            budget: FrameBudget::new(limits.max_client_frames_per_sec),
+        }
     }
-    if let Some((code, reason)) = end.close() {
-        metrics.stream_closed(code);
+}
+
+impl Transport for WebSocket {
+    const KIND: metrics::Transport = metrics::Transport::WebSocket;
+
+    /// A large frame is queued as fragments (a text frame and continuation
+    /// frames), which the socket writes out one by one.
+    async fn feed(&mut self, frame: &Frame) -> Result<(), End> {
+        let text = frame.json();
+        if text.len() <= FRAGMENT_BYTES {
+            let step = self.sink.feed(Message::Text(text.clone()));
+            return timed(self.limits.send_timeout, step).await;
+        }
+        let bytes = Bytes::from(text.clone());
+        let count = bytes.len().div_ceil(FRAGMENT_BYTES);
+        for i in 0..count {
+            let part = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
+            let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+            let fragment = WireFrame::message(part, opcode, i + 1 == count);
+            let step = self.sink.feed(Message::Frame(fragment));
+            timed(self.limits.send_timeout, step).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        let step = self.sink.flush();
+        timed(self.limits.send_timeout, step).await
+    }
+
+    async fn keepalive(&mut self) -> Result<(), End> {
+        if self.last_heard.elapsed() > self.limits.ping_every * 2 {
+            return Err(End::Unresponsive);
+        }
+        let step = self.sink.send(Message::Ping(Bytes::new()));
+        timed(self.limits.send_timeout, step).await
+    }
+
+    async fn ended(&mut self) -> End {
+        loop {
+            let msg = match self.source.next().await {
+                Some(Ok(Message::Close(_))) => return End::ClientClosed,
+                Some(Ok(msg)) => msg,
+                Some(Err(WsError::Capacity(_))) => return End::TooBig,
+                Some(Err(_)) | None => return End::ClientGone,
+            };
+            self.last_heard = Instant::now();
+            if !self.budget.take() {
+                return End::TooManyFrames;
+            }
+            if matches!(msg, Message::Ping(_)) {
+                // The library queued a pong; it must go out like any frame.
+                // A client that pings but does not read stops here, and is
+                // closed once the send timeout passes.
+                let step = self.sink.flush();
+                if let Err(end) = timed(self.limits.send_timeout, step).await {
+                    return end;
+                }
+            }
+        }
+    }
+
+    async fn finish(self, end: &End) {
+        let WebSocket {
+            mut sink,
+            mut source,
+            ..
+        } = self;
+        let Some((code, reason)) = end.close() else {
+            let _ = timeout(CLOSE_WAIT, sink.close()).await;
+            return;
+        };
         let close = Message::Close(Some(CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         }));
-        let _ = timeout(Duration::from_secs(1), sink.send(close)).await;
+        if !matches!(timeout(CLOSE_WAIT, sink.send(close)).await, Ok(Ok(()))) {
+            // It cannot even take the close frame: nothing more to say.
+            return;
+        }
+        // Wait briefly for the client's reply, so the close frame is not
+        // lost to a reset caused by data we never read.
+        let deadline = Instant::now() + CLOSE_WAIT;
+        if matches!(end, End::TooBig) {
+            // The oversized message is still arriving and cannot be parsed
+            // as frames: read and drop raw bytes until the client stops.
+            let Ok(mut socket) = sink.reunite(source) else {
+                return;
+            };
+            let io = socket.get_mut();
+            let mut scratch = [0u8; 4096];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            return;
+        }
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, source.next()).await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+        let _ = sink.reunite(source).map(drop);
     }
-    let _ = timeout(Duration::from_secs(1), sink.close()).await;
 }
 
 /// Runs one write step against the send timeout: a client that cannot take
 /// it in time is stuck.
 async fn timed<F>(limit: Duration, step: F) -> Result<(), End>
 where
-    F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>>,
+    F: Future<Output = Result<(), WsError>>,
 {
     match timeout(limit, step).await {
         Ok(Ok(())) => Ok(()),
+        // The output is at its bound: the client is not reading.
+        Ok(Err(WsError::WriteBufferFull(_))) => Err(End::Slow),
         Ok(Err(_)) => Err(End::ClientGone),
         Err(_) => Err(End::Slow),
     }
 }
 
-/// Writes one frame and flushes it.
-async fn send(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), End> {
-    timed(limit, sink.send(Message::Text(frame))).await
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Queues one frame in the socket's write buffer; [`flush`] sends the lot.
-/// A large frame is queued as fragments (a text frame and continuation
-/// frames), which the socket writes out one by one.
-async fn feed(sink: &mut Sink, limit: Duration, frame: Utf8Bytes) -> Result<(), End> {
-    if frame.len() <= FRAGMENT_BYTES {
-        return timed(limit, sink.feed(Message::Text(frame))).await;
-    }
-    let bytes = Bytes::from(frame);
-    let count = bytes.len().div_ceil(FRAGMENT_BYTES);
-    for i in 0..count {
-        let part = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
-        let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
-        let fragment = Frame::message(part, opcode, i + 1 == count);
-        timed(limit, sink.feed(Message::Frame(fragment))).await?;
-    }
-    Ok(())
-}
-
-async fn flush(sink: &mut Sink, limit: Duration) -> Result<(), End> {
-    timed(limit, sink.flush()).await
-}
-
-/// Sends every row of the vault above `cursor` from the store, in seq order;
-/// returns the new cursor.
-async fn catch_up(
-    sink: &mut Sink,
-    limit: Duration,
-    metrics: &Metrics,
-    hub: &Hub,
-    vault_id: &str,
-    mut cursor: i64,
-) -> Result<i64, End> {
-    loop {
-        let rows = hub
-            .store()
-            .entries_after(vault_id, cursor, REPLAY_PAGE)
-            .await
-            .map_err(|e| End::Fault(e.to_string()))?;
-        let full = rows.len() as i64 == REPLAY_PAGE;
-        for row in &rows {
-            feed(sink, limit, frames::entry(row)).await?;
-            cursor = row.seq;
-        }
-        flush(sink, limit).await?;
-        metrics.frames_sent(rows.len() as u64);
-        if !full {
-            return Ok(cursor);
-        }
-    }
-}
-
-/// Whether a revocation covers this principal.
-pub(crate) fn revokes(r: &Revocation, principal: &Principal) -> bool {
-    match (r, principal) {
-        (Revocation::Session(h), Principal::Session { session_hash, .. }) => h == session_hash,
-        (Revocation::Astation(a), Principal::Session { work_session, .. }) => a == work_session,
-        (Revocation::Link(id), Principal::Link { link_id, .. }) => id == link_id,
-        _ => false,
-    }
-}
-
-async fn run(
-    sink: &mut Sink,
-    source: &mut Source,
-    hub: &Hub,
-    req: StreamRequest,
-    shutdown: &Shutdown,
-) -> Result<End, End> {
-    let vault = &req.vault;
-    let epoch = hub.store().epoch();
-    // Subscribe first, then read: anything committed from here on is either
-    // in the replay or arrives live, and duplicates are dropped by seq.
-    let mut revocations = hub.revocations();
-    // A revocation between the check before the upgrade and the line above
-    // was announced to nobody: look once more, now that we are listening.
-    if auth::still_valid(hub.store().as_ref(), &req.principal)
-        .await
-        .is_err()
-    {
-        return Ok(End::Revoked);
-    }
-    let mut sub = hub
-        .subscribe(&vault.id, vault.head_seq, &req.atem_id, &req.client_id)
-        .await;
-    let fresh = hub
-        .store()
-        .vault(&vault.id)
-        .await
-        .map_err(|e| End::Fault(e.to_string()))?;
-    let (summary, head_seq) = fresh
-        .map(|v| (v.summary, v.head_seq))
-        .unwrap_or((vault.summary.clone(), vault.head_seq));
-    let metrics = &req.metrics;
-    send(
-        sink,
-        req.send_timeout,
-        frames::hello(&vault.id, &summary, head_seq, &epoch),
-    )
-    .await?;
-    metrics.frames_sent(1);
-    if let Ok(p) = presence::frame(hub, &vault.id).await {
-        send(sink, req.send_timeout, p).await?;
-        metrics.frames_sent(1);
-    }
-    // Read after subscribing: a change of mode from here on also arrives live.
-    let mode = hub
-        .store()
-        .encryption_mode(&vault.work_session)
-        .await
-        .map_err(|e| End::Fault(e.to_string()))?;
-    send(sink, req.send_timeout, frames::encryption(&mode)).await?;
-
-    let since = match (&req.epoch, req.since) {
-        (Some(e), _) if *e != epoch => {
-            send(sink, req.send_timeout, frames::reset(&epoch)).await?;
-            metrics.frames_sent(1);
-            Some(0)
-        }
-        (_, since) => since,
-    };
-    let mut cursor = match since {
-        Some(since) => {
-            let cursor = catch_up(sink, req.send_timeout, metrics, hub, &vault.id, since).await?;
-            send(sink, req.send_timeout, frames::caught_up(cursor)).await?;
-            metrics.frames_sent(1);
-            cursor
-        }
-        None => head_seq,
-    };
-
-    let mut ping = tokio::time::interval(req.ping_every);
-    ping.reset();
-    let mut last_heard = Instant::now();
-    // Made once: the loop runs once per frame for every subscriber.
-    let stopping = shutdown.wait();
-    tokio::pin!(stopping);
-    // A link's stream ends when the link expires, to the moment.
-    let expiry = async {
-        match req.expires_at {
-            Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expiry);
-    loop {
-        tokio::select! {
-            event = sub.recv() => {
-                // Whatever else is already queued goes out in the same
-                // write: one system call for a burst instead of one a frame.
-                let mut next = Some(event);
-                let mut fed = 0;
-                while let Some(event) = next.take() {
-                    match event {
-                        Ok(Event::Entry { seq, frame }) => {
-                            if seq > cursor {
-                                feed(sink, req.send_timeout, frame).await?;
-                                cursor = seq;
-                                fed += 1;
-                            }
-                        }
-                        Ok(Event::Frame(frame)) => {
-                            feed(sink, req.send_timeout, frame).await?;
-                            fed += 1;
-                        }
-                        // Fell off the ring: the store has every row we missed.
-                        Err(RecvError::Lagged(_)) => {
-                            flush(sink, req.send_timeout).await?;
-                            cursor = catch_up(sink, req.send_timeout, metrics, hub, &vault.id, cursor).await?;
-                        }
-                        Err(RecvError::Closed) => return Ok(End::Shutdown),
-                    }
-                    if fed < BATCH_FRAMES {
-                        next = sub.try_recv();
-                    }
-                }
-                flush(sink, req.send_timeout).await?;
-                metrics.frames_sent(fed as u64);
-            }
-            msg = source.next() => match msg {
-                Some(Ok(Message::Close(_))) => return Ok(End::ClientClosed),
-                Some(Ok(_)) => last_heard = Instant::now(),
-                Some(Err(_)) | None => return Ok(End::ClientGone),
-            },
-            r = revocations.recv() => match r {
-                Ok(r) if revokes(&r, &req.principal) => return Ok(End::Revoked),
-                Ok(_) => {}
-                Err(_) => {
-                    if auth::still_valid(hub.store().as_ref(), &req.principal).await.is_err() {
-                        return Ok(End::Revoked);
-                    }
-                }
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > req.ping_every * 2 {
-                    return Ok(End::Unresponsive);
-                }
-                timed(req.send_timeout, sink.send(Message::Ping(Default::default()))).await?;
-            }
-            _ = &mut expiry => return Ok(End::Revoked),
-            _ = &mut stopping => return Ok(End::Shutdown),
-        }
+    #[test]
+    fn the_frame_budget_allows_a_second_of_frames_then_refills_evenly() {
+        let mut budget = FrameBudget::new(50);
+        assert!((0..50).all(|_| budget.take()), "a burst of 50");
+        assert!(!budget.take(), "the 51st in the same instant");
+        // As if 100 ms had passed.
+        budget.at -= Duration::from_millis(100);
+        assert!((0..5).all(|_| budget.take()), "5 more after 100 ms");
+        assert!(!budget.take());
+        let mut off = FrameBudget::new(0);
+        assert!((0..10_000).all(|_| off.take()), "0 turns it off");
     }
 }

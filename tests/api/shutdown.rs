@@ -17,6 +17,7 @@ const STREAMS: usize = 3;
 struct Relay {
     child: Child,
     app: TestApp,
+    log: std::path::PathBuf,
 }
 
 impl Drop for Relay {
@@ -25,6 +26,13 @@ impl Drop for Relay {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl Relay {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -33,22 +41,28 @@ async fn start(database_url: Option<&str>) -> Relay {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port");
+    let log = std::env::temp_dir().join(format!("vr-shutdown-{}.log", uuid::Uuid::new_v4()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vault-relay"));
     cmd.env("PORT", port.to_string())
         .env("BIND_ADDR", "127.0.0.1")
         .env("RELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        // Few connections: the other tests share the server's allowance.
+        .env("DATABASE_MAX_CONNECTIONS", "2")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(&log).expect("a log file"));
     match database_url {
         Some(url) => cmd.env("DATABASE_URL", url),
         None => cmd.env_remove("DATABASE_URL"),
     };
     let child = cmd.spawn().expect("start the relay");
     let app = TestApp::external(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    let relay = Relay { child, app };
+    let mut relay = Relay { child, app, log };
     let started = Instant::now();
     loop {
+        if let Some(status) = relay.child.try_wait().expect("wait") {
+            panic!("the relay exited at start-up ({status}): {}", relay.log());
+        }
         if let Ok(r) = relay
             .app
             .client
@@ -60,8 +74,9 @@ async fn start(database_url: Option<&str>) -> Relay {
             return relay;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "relay did not come up"
+            started.elapsed() < Duration::from_secs(60),
+            "relay did not come up: {}",
+            relay.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -104,7 +119,11 @@ async fn sigterm_closes_every_stream_with_going_away(database_url: Option<&str>)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert!(status.success(), "round {round}: exit status {status}");
+        assert!(
+            status.success(),
+            "round {round}: exit status {status}: {}",
+            relay.log()
+        );
     }
 }
 

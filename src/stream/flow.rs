@@ -1,0 +1,287 @@
+//! One stream's flow, whatever carries it: hello, presence, an optional
+//! reset, the replay and `caught_up`, then live rows (caught up from the
+//! store when the stream falls off the hub's ring), until the client
+//! leaves or breaks a rule, its credential is revoked or expires, or the
+//! relay shuts down.
+//!
+//! The WebSocket ([`super::socket`]) and server-sent events
+//! ([`super::sse`]) are two [`Transport`]s over this one flow, fed by the
+//! same hub subscription.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::frames::{
+    self, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REVOKED, CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, Frame,
+};
+use super::hub::{Event, Hub};
+use crate::auth::{self, Principal};
+use crate::metrics::{self, Metrics};
+use crate::shutdown::Shutdown;
+use crate::store::{Revocation, Vault};
+
+/// Rows per store read while replaying or catching up.
+const REPLAY_PAGE: i64 = 1000;
+/// Most live frames written before one flush.
+const BATCH_FRAMES: usize = 16;
+
+/// Everything a stream needs, fixed before the response.
+pub struct StreamRequest {
+    pub vault: Vault,
+    pub principal: Principal,
+    pub client_id: String,
+    pub atem_id: String,
+    /// `since` from the query; `None` starts at the head.
+    pub since: Option<i64>,
+    /// `epoch` from the query, if the client sent one.
+    pub epoch: Option<String>,
+    /// When the credential stops being valid by itself (links expire).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revocations, listened to from before the credential was checked,
+    /// so none can fall between the check and the stream.
+    pub revocations: broadcast::Receiver<Revocation>,
+    pub ping_every: Duration,
+    /// The relay's metrics (open streams, frames sent, close codes).
+    pub metrics: Metrics,
+}
+
+/// Why a stream ended.
+#[derive(Debug)]
+pub enum End {
+    ClientClosed,
+    ClientGone,
+    Shutdown,
+    Revoked,
+    Slow,
+    Unresponsive,
+    TooBig,
+    TooManyFrames,
+    Fault(String),
+}
+
+impl End {
+    /// The close code and reason the client is told, if it can be told.
+    pub fn close(&self) -> Option<(u16, &'static str)> {
+        match self {
+            End::ClientClosed | End::ClientGone => None,
+            End::Shutdown => Some((
+                CLOSE_GOING_AWAY,
+                "server shutting down; reconnect with since",
+            )),
+            End::Revoked => Some((
+                CLOSE_REVOKED,
+                "credential revoked or expired; sign in again",
+            )),
+            End::Slow => Some((CLOSE_SLOW_CONSUMER, "too far behind; reconnect with since")),
+            End::Unresponsive => Some((CLOSE_UNRESPONSIVE, "no answer to ping")),
+            End::TooBig => Some((CLOSE_TOO_BIG, "client message over 64 KiB")),
+            End::TooManyFrames => Some((CLOSE_POLICY, "too many client frames per second")),
+            End::Fault(_) => Some((CLOSE_INTERNAL, "server error; reconnect with since")),
+        }
+    }
+}
+
+/// What the flow needs from whatever carries the frames.
+pub trait Transport: Send {
+    /// The `transport` label of this kind of stream.
+    const KIND: metrics::Transport;
+    /// Queues one frame; it goes out at the next [`Transport::flush`] at the
+    /// latest.
+    fn feed(&mut self, frame: &Frame) -> impl Future<Output = Result<(), End>> + Send;
+    /// Writes out everything queued.
+    fn flush(&mut self) -> impl Future<Output = Result<(), End>> + Send;
+    /// Called every ping period: keeps the connection alive and notices a
+    /// peer that has gone quiet.
+    fn keepalive(&mut self) -> impl Future<Output = Result<(), End>> + Send;
+    /// Handles what the client sends and resolves when the client ends the
+    /// stream or breaks a rule. Cancel-safe: it is raced against new rows.
+    fn ended(&mut self) -> impl Future<Output = End> + Send;
+    /// Tells the client how the stream ended (when it can be told) and
+    /// closes.
+    fn finish(self, end: &End) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs a stream to its end over `transport`, then closes it and logs how
+/// it ended.
+pub async fn serve<T: Transport>(
+    mut transport: T,
+    hub: Hub,
+    req: StreamRequest,
+    shutdown: Shutdown,
+) {
+    let vault_id = req.vault.id.clone();
+    let metrics = req.metrics.clone();
+    let _open = metrics.stream_opened(T::KIND);
+    let end = tokio::select! {
+        end = run(&mut transport, &hub, req) => end.unwrap_or_else(|end| end),
+        // Whatever the stream is doing (greeting, replaying, live), shutdown
+        // ends it with 1001.
+        _ = shutdown.wait() => End::Shutdown,
+    };
+    match &end {
+        End::Fault(detail) => tracing::error!(%vault_id, %detail, "stream failed"),
+        other => tracing::debug!(%vault_id, end = ?other, "stream ended"),
+    }
+    if let Some((code, _)) = end.close() {
+        metrics.stream_closed(code);
+    }
+    transport.finish(&end).await;
+}
+
+async fn send<T: Transport>(t: &mut T, metrics: &Metrics, frame: &Frame) -> Result<(), End> {
+    t.feed(frame).await?;
+    t.flush().await?;
+    metrics.frames_sent(1);
+    Ok(())
+}
+
+/// Sends every row of the vault above `cursor` from the store, in seq order;
+/// returns the new cursor.
+async fn catch_up<T: Transport>(
+    t: &mut T,
+    metrics: &Metrics,
+    hub: &Hub,
+    vault_id: &str,
+    mut cursor: i64,
+) -> Result<i64, End> {
+    loop {
+        let rows = hub
+            .store()
+            .entries_after(vault_id, cursor, REPLAY_PAGE)
+            .await
+            .map_err(|e| End::Fault(e.to_string()))?;
+        let full = rows.len() as i64 == REPLAY_PAGE;
+        for row in &rows {
+            t.feed(&frames::entry(row)).await?;
+            cursor = row.seq;
+        }
+        t.flush().await?;
+        metrics.frames_sent(rows.len() as u64);
+        if !full {
+            return Ok(cursor);
+        }
+    }
+}
+
+/// Whether a revocation covers this principal.
+pub(crate) fn revokes(r: &Revocation, principal: &Principal) -> bool {
+    match (r, principal) {
+        (Revocation::Session(h), Principal::Session { session_hash, .. }) => h == session_hash,
+        (Revocation::Astation(a), Principal::Session { work_session, .. }) => a == work_session,
+        (Revocation::Link(id), Principal::Link { link_id, .. }) => id == link_id,
+        _ => false,
+    }
+}
+
+async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<End, End> {
+    let StreamRequest {
+        vault,
+        principal,
+        client_id,
+        atem_id,
+        since,
+        epoch: client_epoch,
+        expires_at,
+        mut revocations,
+        ping_every,
+        metrics,
+    } = req;
+    let epoch = hub.store().epoch();
+    // Join first, then read: anything committed from here on is either in
+    // the replay or arrives live, and duplicates are dropped by seq.
+    let joined = hub
+        .join(&vault, &atem_id, &client_id)
+        .await
+        .map_err(|e| End::Fault(e.to_string()))?;
+    let mut sub = joined.sub;
+    let head_seq = joined.head_seq;
+    let hello = frames::hello(&vault.id, &joined.summary, head_seq, &epoch);
+    send(t, &metrics, &hello).await?;
+    send(t, &metrics, &joined.presence).await?;
+    // Read after joining: a change of mode from here on also arrives live.
+    let mode = hub
+        .store()
+        .encryption_mode(&vault.work_session)
+        .await
+        .map_err(|e| End::Fault(e.to_string()))?;
+    send(t, &metrics, &frames::encryption(&mode)).await?;
+
+    let since = match (&client_epoch, since) {
+        (Some(e), _) if *e != epoch => {
+            send(t, &metrics, &frames::reset(&epoch)).await?;
+            Some(0)
+        }
+        (_, since) => since,
+    };
+    let mut cursor = match since {
+        Some(since) => {
+            let cursor = catch_up(t, &metrics, hub, &vault.id, since).await?;
+            send(t, &metrics, &frames::caught_up(cursor)).await?;
+            cursor
+        }
+        None => head_seq,
+    };
+
+    let mut ping = tokio::time::interval(ping_every);
+    ping.reset();
+    // A link's stream ends when the link expires, to the moment.
+    let expiry = async {
+        match expires_at {
+            Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            event = sub.recv() => {
+                // Whatever else is already queued goes out in the same
+                // write: one system call for a burst instead of one a frame.
+                let mut next = Some(event);
+                let mut fed = 0;
+                while let Some(event) = next.take() {
+                    match event {
+                        Ok(Event::Entry { seq, frame }) => {
+                            if seq > cursor {
+                                t.feed(&frame).await?;
+                                cursor = seq;
+                                fed += 1;
+                            }
+                        }
+                        Ok(Event::Frame(frame)) => {
+                            t.feed(&frame).await?;
+                            fed += 1;
+                        }
+                        // Fell off the ring: the store has every row we missed.
+                        Err(RecvError::Lagged(_)) => {
+                            t.flush().await?;
+                            cursor = catch_up(t, &metrics, hub, &vault.id, cursor).await?;
+                        }
+                        Err(RecvError::Closed) => return Ok(End::Shutdown),
+                    }
+                    if fed < BATCH_FRAMES {
+                        next = sub.try_recv();
+                    }
+                }
+                t.flush().await?;
+                metrics.frames_sent(fed as u64);
+            }
+            end = t.ended() => return Ok(end),
+            r = revocations.recv() => match r {
+                Ok(r) if revokes(&r, &principal) => return Ok(End::Revoked),
+                Ok(_) => {}
+                Err(_) => {
+                    if auth::still_valid(hub.store().as_ref(), &principal).await.is_err() {
+                        return Ok(End::Revoked);
+                    }
+                }
+            },
+            _ = ping.tick() => t.keepalive().await?,
+            _ = &mut expiry => return Ok(End::Revoked),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! What a stream's client may not do, on both stores: flood pings without
+//! reading (the relay's output stays bounded and the client is closed),
+//! send a message over 64 KiB (1009), or send more frames per second than
+//! allowed (1008). Limits are set explicitly per test.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use crate::both_stores;
+use crate::helpers::{Backend, FRAME_WAIT, TestApp};
+
+both_stores!(
+    a_ping_flood_that_never_reads_is_answered_within_the_bound_and_closed,
+    a_message_over_64_kib_closes_with_1009,
+    too_many_frames_per_second_close_with_1008,
+    a_client_within_its_frame_allowance_keeps_its_stream,
+);
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens a stream over a plain socket; `receive_buffer` pins the client's
+/// kernel receive buffer (no autotuning) for a client that will not read.
+async fn connect(
+    app: &TestApp,
+    vault: &str,
+    session: &str,
+    client: &str,
+    receive_buffer: Option<u32>,
+) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    let tcp = socket.connect(app.addr).await.expect("connect");
+    let url = format!("ws://{}/api/vault/{vault}/stream?id={client}", app.addr);
+    let mut request = url.into_client_request().expect("stream request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("session {session}").parse().expect("header"),
+    );
+    let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .expect("stream accepted");
+    ws
+}
+
+/// The next text frame (the hello, first): the stream has joined the vault.
+async fn next_text(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .expect("a frame")
+            .expect("open")
+            .expect("a message");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON");
+        }
+    }
+}
+
+/// What a client reads until the relay ends the stream.
+#[derive(Debug, Default)]
+struct Outcome {
+    texts: usize,
+    pongs: usize,
+    close: Option<u16>,
+}
+
+async fn read_to_end(ws: &mut Ws) -> Outcome {
+    let mut out = Outcome::default();
+    loop {
+        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("the relay ends the stream (so far: {out:?})"));
+        match msg {
+            Some(Ok(Message::Text(_))) => out.texts += 1,
+            Some(Ok(Message::Pong(_))) => out.pongs += 1,
+            Some(Ok(Message::Close(c))) => {
+                out.close = c.map(|c| u16::from(c.code));
+                return out;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return out,
+        }
+    }
+}
+
+async fn a_ping_flood_that_never_reads_is_answered_within_the_bound_and_closed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.stream_send_timeout_ms = 1000;
+        // The frame limit would close it first; this test is about output.
+        c.stream_max_client_frames_per_sec = 0;
+        // Nothing of the relay's own may be sent while the client floods:
+        // only the pongs can make it notice the client is stuck.
+        c.stream_ping_secs = 3600;
+    })
+    .await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut ws = connect(&app, &v, &s, "flood", Some(16 * 1024)).await;
+    // The greeting, then the coalesced presence frame our own join causes:
+    // after it the vault is quiet.
+    assert_eq!(next_text(&mut ws).await["type"], "hello");
+    assert_eq!(next_text(&mut ws).await["type"], "presence");
+    assert_eq!(next_text(&mut ws).await["type"], "presence");
+    // Pings with the largest payload, far more than the kernel buffers
+    // between us hold in pongs (about 5 MB on loopback): the relay answers
+    // until its output is stuck, then stops reading and closes us. Send
+    // until it stops taking them or all are sent.
+    let payload = Bytes::from(vec![b'p'; 125]);
+    let pings = 200_000;
+    let mut sent = 0;
+    while sent < pings {
+        let step = ws.feed(Message::Ping(payload.clone()));
+        // Keep trying well past the relay's 1 s send timeout: a client that
+        // resumed reading in time would not be stuck.
+        match tokio::time::timeout(Duration::from_secs(4), step).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    // Only now read: whatever reached us, then the end.
+    let out = read_to_end(&mut ws).await;
+    // A relay that queued a pong per ping would deliver every one of them
+    // now that we read; a bounded one dropped what it could not send.
+    assert!(
+        out.pongs < sent / 2,
+        "{} pongs for {sent} pings: the relay's output is bounded",
+        out.pongs
+    );
+    assert!(
+        out.close.is_none() || out.close == Some(4000),
+        "closed as a stuck client (or dropped once not even the close frame fit): {out:?}"
+    );
+    // The relay serves others as before.
+    let mut other = app.open_stream(&v, &s, "other", "").await;
+    other.next_frame().await;
+    let r = app.write(&v, &s, "c", "after the flood", None).await;
+    assert_eq!(other.next_of("entry").await["seq"], r["seq"]);
+}
+
+async fn a_message_over_64_kib_closes_with_1009(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut ws = connect(&app, &v, &s, "big", None).await;
+    next_text(&mut ws).await;
+    // Exactly 64 KiB is still accepted (and ignored).
+    ws.send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .expect("send");
+    let r = app.write(&v, &s, "c", "still open", None).await;
+    loop {
+        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .expect("a frame")
+            .expect("open")
+            .expect("a message");
+        if let Message::Text(t) = msg
+            && t.contains("still open")
+        {
+            let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(frame["seq"], r["seq"]);
+            break;
+        }
+    }
+    ws.send(Message::Text("x".repeat(64 * 1024 + 1).into()))
+        .await
+        .expect("send");
+    let out = read_to_end(&mut ws).await;
+    assert_eq!(out.close, Some(1009), "{out:?}");
+}
+
+async fn too_many_frames_per_second_close_with_1008(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.stream_max_client_frames_per_sec = 10).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut ws = connect(&app, &v, &s, "chatty", None).await;
+    // Pings count like any frame; 40 at once is four times the allowance.
+    for _ in 0..40 {
+        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+            break;
+        }
+    }
+    let out = read_to_end(&mut ws).await;
+    assert_eq!(out.close, Some(1008), "{out:?}");
+    assert!(out.pongs <= 10, "at most the allowance answered: {out:?}");
+}
+
+async fn a_client_within_its_frame_allowance_keeps_its_stream(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.stream_max_client_frames_per_sec = 10).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut ws = connect(&app, &v, &s, "polite", None).await;
+    next_text(&mut ws).await;
+    for _ in 0..8 {
+        ws.send(Message::Ping(Bytes::new())).await.expect("send");
+    }
+    let r = app.write(&v, &s, "c", "for the polite", None).await;
+    let mut pongs = 0;
+    loop {
+        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .expect("a frame")
+            .expect("still open")
+            .expect("a message");
+        match msg {
+            Message::Pong(_) => pongs += 1,
+            Message::Text(t) if t.contains("for the polite") => {
+                let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(frame["seq"], r["seq"]);
+                break;
+            }
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+    assert!(pongs >= 1, "pings are answered");
+}
