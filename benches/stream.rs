@@ -1,12 +1,20 @@
 //! The stream benchmark: drives a running relay over real sockets, the way
 //! clients do, and prints one line per figure with its target.
 //!
-//! 1. Commit-to-delivery latency with many subscribers on one vault while a
-//!    writer appends at a steady rate, and the frames delivered per second.
-//! 2. Resident memory per idle subscriber, read from the relay's
-//!    `/proc/<pid>/status` (the relay runs as a child process so the
-//!    benchmark's own sockets are not counted).
+//! 1. Fan-out: 1,000 subscribers of one vault while a writer asks for 200
+//!    appends/s: the rate reached, late sends, commit-to-delivery latency,
+//!    and frames delivered per relay CPU-second.
+//! 2. Reconnect storm and idle memory: 10,000 streams over 100 vaults all
+//!    connecting at once (time to open them all, REST read latency while
+//!    they connect), then the relay's resident memory per idle stream, read
+//!    from its `/proc/<pid>/status` (the relay runs as a child process so
+//!    the benchmark's own sockets are not counted).
 //! 3. Replay rate of a subscriber resuming far behind (`since=0`).
+//! 4. Many vaults: 2,000 vaults with 5 subscribers each, 500 appends/s
+//!    spread over them: delivery latency.
+//!
+//! Each figure is printed beside its target, or the figure measured before
+//! the current design where the target is a ratio to it.
 //!
 //! Run with `cargo bench --bench stream` (or `scripts/bench`, which raises
 //! the open-file limit first); `-- --quick` runs reduced sizes as a smoke
@@ -59,7 +67,12 @@ struct Plan {
     appends_per_sec: u32,
     fan_out_secs: u64,
     idle_subscribers: usize,
+    storm_vaults: usize,
     replay_rows: u64,
+    many_vaults: usize,
+    many_subscribers_per_vault: usize,
+    many_appends_per_sec: u32,
+    many_secs: u64,
 }
 
 impl Plan {
@@ -69,7 +82,12 @@ impl Plan {
             appends_per_sec: 200,
             fan_out_secs: 10,
             idle_subscribers: 10_000,
+            storm_vaults: 100,
             replay_rows: 100_000,
+            many_vaults: 2_000,
+            many_subscribers_per_vault: 5,
+            many_appends_per_sec: 500,
+            many_secs: 10,
         }
     }
 
@@ -79,7 +97,12 @@ impl Plan {
             appends_per_sec: 200,
             fan_out_secs: 3,
             idle_subscribers: 1_000,
+            storm_vaults: 10,
             replay_rows: 10_000,
+            many_vaults: 200,
+            many_subscribers_per_vault: 5,
+            many_appends_per_sec: 200,
+            many_secs: 3,
         }
     }
 }
@@ -195,6 +218,7 @@ async fn run(opts: Options) -> Result<()> {
     let fds_per_fan_out_stream = if opts.child_for_all { 1 } else { 2 };
     let fds = raise_fd_limit(
         (plan.idle_subscribers as u64)
+            .max((plan.many_vaults * plan.many_subscribers_per_vault) as u64)
             .max(plan.fan_out_subscribers as u64 * fds_per_fan_out_stream)
             + SPARE_FDS,
     );
@@ -226,6 +250,14 @@ async fn run(opts: Options) -> Result<()> {
             );
             plan.idle_subscribers = room.max(1);
         }
+        let many = plan.many_vaults * plan.many_subscribers_per_vault;
+        if room < many {
+            println!(
+                "note: the open-file limit ({limit}) allows only {room} streams for the many-vaults \
+                 case, not {many}; run scripts/bench for the full figure"
+            );
+            plan.many_vaults = (room / plan.many_subscribers_per_vault).max(1);
+        }
     }
     println!();
 
@@ -241,13 +273,14 @@ async fn run(opts: Options) -> Result<()> {
         RelayProcess::Child(_) => Some(relay.pid()),
         RelayProcess::InProcess { .. } => None,
     };
-    fan_out(&api, child_pid, &plan, &text).await?;
+    let targets = Targets::for_store(database_url.is_some());
+    fan_out(&api, child_pid, &plan, &text, &targets).await?;
     println!();
 
     {
         let idle_relay = Relay::child(database_url.clone()).await?;
         let idle_api = Api::setup(idle_relay.addr).await?;
-        let outcome = idle(&idle_relay, &idle_api, plan.idle_subscribers).await;
+        let outcome = storm_then_idle(&idle_relay, &idle_api, &plan).await;
         idle_relay.stop();
         outcome?;
     }
@@ -255,7 +288,54 @@ async fn run(opts: Options) -> Result<()> {
 
     replay(&api, plan.replay_rows, &text).await?;
     relay.stop();
+    println!();
+
+    {
+        let many_relay = Relay::child(database_url.clone()).await?;
+        let many_api = Arc::new(Api::setup(many_relay.addr).await?);
+        let outcome = many_vaults(&many_api, &plan, &text, &targets).await;
+        many_relay.stop();
+        outcome?;
+    }
     Ok(())
+}
+
+/// What each figure is measured against, by store: the issue's targets,
+/// and the figures of the design before this one where a target is a
+/// ratio to them.
+struct Targets {
+    store: &'static str,
+    delivery_p99_ms: f64,
+    frames_per_cpu_sec_before: f64,
+    many_p50_ms_before: f64,
+    many_p99_ms_before: f64,
+}
+
+impl Targets {
+    fn for_store(postgres: bool) -> Self {
+        if postgres {
+            Targets {
+                store: "Postgres",
+                delivery_p99_ms: 15.0,
+                frames_per_cpu_sec_before: 110_000.0,
+                many_p50_ms_before: 1.7,
+                many_p99_ms_before: 10.1,
+            }
+        } else {
+            Targets {
+                store: "memory",
+                delivery_p99_ms: 10.0,
+                frames_per_cpu_sec_before: 162_000.0,
+                many_p50_ms_before: f64::NAN,
+                many_p99_ms_before: 0.7,
+            }
+        }
+    }
+}
+
+/// `met` or `MISSED`, for a figure beside its target.
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
 }
 
 /// The command as the user would type it again.
@@ -298,7 +378,13 @@ struct Received {
     ended: Option<String>,
 }
 
-async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str) -> Result<()> {
+async fn fan_out(
+    api: &Arc<Api>,
+    relay_pid: Option<u32>,
+    plan: &Plan,
+    text: &str,
+    targets: &Targets,
+) -> Result<()> {
     let subs = plan.fan_out_subscribers;
     let rate = plan.appends_per_sec;
     let secs = plan.fan_out_secs;
@@ -403,13 +489,21 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
         total as usize,
     )));
     let in_flight = Arc::new(Semaphore::new(64));
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let period = Duration::from_secs(1) / rate;
+    let mut tick = tokio::time::interval(period);
     let mut writes = Vec::with_capacity(total as usize);
     let writing = Instant::now();
     let cpu_before = cpu_split(relay_pid);
-    for _ in 0..total {
+    let delivered_before = delivered.load(Ordering::Relaxed);
+    // A send is late when it leaves more than one period after its slot:
+    // the writer could not keep the rate it was asked for.
+    let mut late = 0u64;
+    for i in 0..total {
         tick.tick().await;
         let permit = in_flight.clone().acquire_owned().await?;
+        if writing.elapsed() > period * (i as u32 + 1) {
+            late += 1;
+        }
         let api = api.clone();
         let vault = vault.clone();
         let text = text.to_string();
@@ -428,6 +522,7 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
     }
     let write_secs = writing.elapsed().as_secs_f64();
     let cpu_after = cpu_split(relay_pid);
+    let delivered_while_writing = delivered.load(Ordering::Relaxed) - delivered_before;
 
     // Wait for every delivery, or give up after a while: late or missing
     // deliveries are part of the figure.
@@ -465,6 +560,7 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
 
     let pairs = total * subs as u64;
     let got = latencies.len() as u64;
+    let reached = total as f64 / write_secs;
     println!(
         "streams opened in {connect_secs:.2} s; appends sent in {write_secs:.2} s \
          (append round trip p50 = {}, p99 = {})",
@@ -472,10 +568,21 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
         ms(percentile(&rtts, 99.0)),
     );
     println!(
-        "latency p50 = {}, p99 = {} (target p99 < 20 ms) [send of the append -> entry frame \
-         at each subscriber; p99.9 = {}, max = {}; {} of {} (subscriber, row) pairs delivered]",
+        "writer rate reached = {reached:.0} appends/s of {rate} asked (target {rate}: {}); \
+         late sends = {late} of {total} (target 0: {})",
+        verdict(reached >= f64::from(rate) * 0.99),
+        verdict(late == 0),
+    );
+    let p99 = percentile(&latencies, 99.0);
+    println!(
+        "delivery p50 = {}, p99 = {} (target p99 <= {} ms on {}: {}) [send of the append -> \
+         entry frame at each subscriber; p99.9 = {}, max = {}; {} of {} (subscriber, row) \
+         pairs delivered]",
         ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
+        ms(p99),
+        targets.delivery_p99_ms,
+        targets.store,
+        verdict(p99 as f64 / 1e6 <= targets.delivery_p99_ms && got == pairs),
         ms(percentile(&latencies, 99.9)),
         ms(latencies.last().copied().unwrap_or(0)),
         thousands(got),
@@ -499,6 +606,22 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
             (c1 - c0) / write_secs,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
+        let relay_cpu = r1 - r0;
+        if relay_cpu > 0.0 {
+            let per_cpu_sec = delivered_while_writing as f64 / relay_cpu;
+            let wanted = 2.0 * targets.frames_per_cpu_sec_before;
+            println!(
+                "frames per relay CPU-second = {} ({} frames while appending / {relay_cpu:.2} \
+                 relay CPU-s) (before: {} on {}; target >= 2x = {}: {}, {:.2}x)",
+                thousands(per_cpu_sec.round() as u64),
+                thousands(delivered_while_writing),
+                thousands(targets.frames_per_cpu_sec_before as u64),
+                targets.store,
+                thousands(wanted as u64),
+                verdict(per_cpu_sec >= wanted),
+                per_cpu_sec / targets.frames_per_cpu_sec_before,
+            );
+        }
     }
     if !ended.is_empty() {
         println!(
@@ -511,18 +634,30 @@ async fn fan_out(api: &Arc<Api>, relay_pid: Option<u32>, plan: &Plan, text: &str
 }
 
 // ---------------------------------------------------------------------------
-// Figure 2: resident memory per idle subscriber.
+// Figure 2: a reconnect storm, then resident memory per idle stream.
 
-async fn idle(relay: &Relay, api: &Api, n: usize) -> Result<()> {
+async fn storm_then_idle(relay: &Relay, api: &Api, plan: &Plan) -> Result<()> {
+    let n = plan.idle_subscribers;
+    let vault_count = plan.storm_vaults.max(1);
     let pid = relay.pid();
-    println!("[2] idle: {n} subscribers on one vault; relay is a child process (pid {pid})");
-    let vault = api.create_vault().await?;
+    println!(
+        "[2] storm: {n} streams over {vault_count} vaults all connecting at once, then idle; \
+         relay is a child process (pid {pid})"
+    );
+    let mut vaults = Vec::with_capacity(vault_count);
+    for _ in 0..vault_count {
+        vaults.push(api.create_vault().await?);
+    }
+    let text = entry_text();
+    for v in &vaults {
+        api.append(v, &text).await?;
+    }
 
-    // Open and close a few streams first so one-time allocations (the
-    // vault's channel, thread caches) are not charged to the subscribers.
+    // Open and close a few streams first so one-time allocations (thread
+    // caches, the first channel) are not charged to the storm.
     for i in 0..16 {
         let mut ws = api
-            .connect(&vault, &format!("warm-{i}"), None, 4 * 1024)
+            .connect(&vaults[0], &format!("warm-{i}"), None, 4 * 1024)
             .await?;
         expect_hello(&mut ws).await?;
         let _ = ws.close(None).await;
@@ -530,24 +665,41 @@ async fn idle(relay: &Relay, api: &Api, n: usize) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = relay.rss_kib()?;
 
+    // A REST reader, one read at a time, for as long as the storm lasts.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (reader_stop_tx, reader_stop) = watch::channel(false);
+    let reader = {
+        let api = api.clone();
+        let vault = vaults[0].clone();
+        let stop = reader_stop;
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            while !*stop.borrow() {
+                let started = Instant::now();
+                match api.read(&vault).await {
+                    Ok(()) => latencies.push(started.elapsed().as_nanos() as u64),
+                    Err(_) => failures += 1,
+                }
+            }
+            (latencies, failures)
+        })
+    };
+
     let (ready_tx, mut ready_rx) = mpsc::channel::<std::result::Result<(), String>>(n);
-    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let closed_early = Arc::new(AtomicU64::new(0));
-    let mut readers = Vec::with_capacity(n);
+    let mut streams = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
         let api = api.clone();
-        let vault = vault.clone();
+        let vault = vaults[i % vault_count].clone();
         let mut stop = stop_rx.clone();
         let ready = ready_tx.clone();
-        let permits = permits.clone();
         let closed_early = closed_early.clone();
-        readers.push(tokio::spawn(async move {
+        streams.push(tokio::spawn(async move {
             let opened = async {
-                let _permit = permits.acquire().await?;
                 let mut ws = api
-                    .connect(&vault, &format!("idle-{i}"), None, 4 * 1024)
+                    .connect(&vault, &format!("storm-{i}"), None, 4 * 1024)
                     .await?;
                 expect_hello(&mut ws).await?;
                 Ok::<_, BoxError>(ws)
@@ -581,38 +733,64 @@ async fn idle(relay: &Relay, api: &Api, n: usize) -> Result<()> {
         }));
     }
     drop(ready_tx);
+    let mut failed = Vec::new();
     for _ in 0..n {
         match ready_rx.recv().await {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(format!("opening an idle stream failed: {e}").into()),
-            None => return Err("the idle subscribers stopped before connecting".into()),
+            Some(Err(e)) => failed.push(e),
+            None => break,
         }
     }
     let open_secs = started.elapsed().as_secs_f64();
+    // The reader stops with the storm.
+    let _ = reader_stop_tx.send(true);
+    let (mut reads, read_failures) = reader.await?;
+    reads.sort_unstable();
+    if !failed.is_empty() {
+        println!(
+            "note: {} of {n} streams failed to open (first: {})",
+            failed.len(),
+            failed[0]
+        );
+    }
+    println!(
+        "time to open all {n} = {open_secs:.2} s (target <= 5 s: {})",
+        verdict(open_secs <= 5.0 && failed.is_empty())
+    );
+    let read_p99 = percentile(&reads, 99.0);
+    println!(
+        "REST reads while they connect: p50 = {}, p99 = {} (target p99 < 50 ms: {}) \
+         [{} reads one at a time, max = {}, {read_failures} failed]",
+        ms(percentile(&reads, 50.0)),
+        ms(read_p99),
+        verdict((read_p99 as f64) < 50e6 && read_failures == 0),
+        thousands(reads.len() as u64),
+        ms(reads.last().copied().unwrap_or(0)),
+    );
+
     // Let the join presence frames go out and the relay settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let with = relay.rss_kib()?;
     let early = closed_early.load(Ordering::Relaxed);
-
     let _ = stop_tx.send(true);
-    for r in readers {
-        r.await?;
+    for s in streams {
+        s.await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = relay.rss_kib()?;
-
-    let per_sub = (with.saturating_sub(before) * 1024) as f64 / n as f64;
+    let opened = (n - failed.len()).max(1);
+    let per_stream = (with.saturating_sub(before) * 1024) as f64 / opened as f64;
     println!(
-        "opened {n} streams in {open_secs:.2} s; relay RSS (VmRSS) before = {}, \
-         with {n} subscribers = {}, after closing them = {}",
+        "relay RSS (VmRSS) before = {}, with {opened} idle streams = {}, after closing them = {}",
         mib(before),
         mib(with),
         mib(after),
     );
     println!(
-        "memory per idle subscriber = {:.1} KB ({} bytes) (target < 20 KB)",
-        per_sub / 1000.0,
-        thousands(per_sub.round() as u64),
+        "memory per idle stream = {:.1} KB ({} bytes) (target <= 10 KB: {}; before: 16.4 KB)",
+        per_stream / 1000.0,
+        thousands(per_stream.round() as u64),
+        verdict(per_stream <= 10_000.0),
     );
     if early > 0 {
         println!("note: the relay closed {early} idle streams before the measurement ended");
@@ -687,6 +865,170 @@ async fn replay(api: &Arc<Api>, rows: u64, text: &str) -> Result<()> {
          (target > 50,000 rows/s)",
         thousands((rows as f64 / secs).round() as u64),
         thousands(rows),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Figure 4: many vaults, a few subscribers each.
+
+async fn many_vaults(api: &Arc<Api>, plan: &Plan, text: &str, targets: &Targets) -> Result<()> {
+    let vault_count = plan.many_vaults;
+    let per_vault = plan.many_subscribers_per_vault;
+    let rate = plan.many_appends_per_sec;
+    let secs = plan.many_secs;
+    let total = u64::from(rate) * secs;
+    let subs = vault_count * per_vault;
+    println!(
+        "[4] many vaults: {vault_count} vaults x {per_vault} subscribers ({subs} streams), \
+         {rate} appends/s spread over them for {secs} s ({total} appends); relay is a child process"
+    );
+    let mut vaults = Vec::with_capacity(vault_count);
+    {
+        let permits = Arc::new(Semaphore::new(FILL_CONCURRENCY));
+        let mut creating = Vec::with_capacity(vault_count);
+        for _ in 0..vault_count {
+            let api = api.clone();
+            let permits = permits.clone();
+            creating.push(tokio::spawn(async move {
+                let _permit = permits.acquire().await?;
+                api.create_vault().await
+            }));
+        }
+        for c in creating {
+            vaults.push(c.await??);
+        }
+    }
+    let base = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<std::result::Result<(), String>>(subs);
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut readers = Vec::with_capacity(subs);
+    for i in 0..subs {
+        let api = api.clone();
+        let vault = vaults[i % vault_count].clone();
+        let delivered = delivered.clone();
+        let mut stop = stop_rx.clone();
+        let ready = ready_tx.clone();
+        let permits = permits.clone();
+        readers.push(tokio::spawn(async move {
+            let mut entries: Vec<(i64, u64)> = Vec::new();
+            let opened = async {
+                let _permit = permits.acquire().await?;
+                let mut ws = api
+                    .connect(&vault, &format!("many-{i}"), None, 4 * 1024)
+                    .await?;
+                expect_hello(&mut ws).await?;
+                Ok::<_, BoxError>(ws)
+            }
+            .await;
+            let mut ws = match opened {
+                Ok(ws) => {
+                    let _ = ready.send(Ok(())).await;
+                    ws
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string())).await;
+                    return entries;
+                }
+            };
+            drop(ready);
+            loop {
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let at = nanos_since(base);
+                        if let Some(seq) = entry_seq(&t) {
+                            entries.push((seq, at));
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+            let _ = ws.close(None).await;
+            entries
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..subs {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("opening a stream failed: {e}").into()),
+            None => return Err("the subscribers stopped before connecting".into()),
+        }
+    }
+    // The join presence frames settle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let sends = Arc::new(Mutex::new(Vec::<(i64, u64)>::with_capacity(total as usize)));
+    let in_flight = Arc::new(Semaphore::new(64));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let mut writes = Vec::with_capacity(total as usize);
+    let writing = Instant::now();
+    for i in 0..total {
+        tick.tick().await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let api = api.clone();
+        let vault = vaults[i as usize % vault_count].clone();
+        let text = text.to_string();
+        let sends = sends.clone();
+        writes.push(tokio::spawn(async move {
+            let sent = nanos_since(base);
+            let seq = api.append(&vault, &text).await?;
+            drop(permit);
+            lock(&sends).push((seq, sent));
+            Ok::<_, BoxError>(())
+        }));
+    }
+    for w in writes {
+        w.await??;
+    }
+    let write_secs = writing.elapsed().as_secs_f64();
+    let expected = total * per_vault as u64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    let sent_at: HashMap<i64, u64> = lock(&sends).iter().copied().collect();
+    let mut latencies = Vec::with_capacity(expected as usize);
+    for r in readers {
+        for (seq, at) in r.await? {
+            if let Some(&t) = sent_at.get(&seq) {
+                latencies.push(at.saturating_sub(t));
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let before = |v: f64| {
+        if v.is_nan() {
+            "not measured".to_string()
+        } else {
+            format!("{v} ms")
+        }
+    };
+    println!(
+        "appends sent in {write_secs:.2} s ({:.0}/s of {rate} asked)",
+        total as f64 / write_secs
+    );
+    println!(
+        "delivery p50 = {}, p99 = {} (before on {}: p50 {}, p99 {}) [p99.9 = {}, max = {}; \
+         {} of {} (subscriber, row) pairs delivered]",
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        targets.store,
+        before(targets.many_p50_ms_before),
+        before(targets.many_p99_ms_before),
+        ms(percentile(&latencies, 99.9)),
+        ms(latencies.last().copied().unwrap_or(0)),
+        thousands(latencies.len() as u64),
+        thousands(expected),
     );
     Ok(())
 }
@@ -932,6 +1274,22 @@ impl Api {
         r["seq"]
             .as_i64()
             .ok_or_else(|| format!("an append answered without seq: {r}").into())
+    }
+
+    /// Reads a vault's current view (the body is read and dropped).
+    async fn read(&self, vault: &str) -> Result<()> {
+        let response = self
+            .http
+            .get(format!("{}/api/vault/{vault}?id=bench-reader", self.base))
+            .header("Authorization", self.auth())
+            .send()
+            .await?;
+        let status = response.status();
+        let _ = response.bytes().await?;
+        if !status.is_success() {
+            return Err(format!("a read answered {status}").into());
+        }
+        Ok(())
     }
 
     /// Opens a vault's stream with a small client read buffer (idle

@@ -151,6 +151,12 @@ async fn listen(
             event = sub.recv() => match event {
                 Ok(Event::Entry { .. }) => true,
                 Ok(Event::Frame(frame)) => is_summary(frame.json()),
+                Ok(Event::Revoked(r)) => {
+                    if revokes(&r, &req.principal) {
+                        return Stop::Revoked;
+                    }
+                    false
+                }
                 // Fell off the ring: rows were missed, so something changed.
                 Err(RecvError::Lagged(_)) => true,
                 Err(RecvError::Closed) => return Stop::Gone,

@@ -18,7 +18,7 @@ use super::frames::{
     self, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REVOKED, CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, Frame,
 };
-use super::hub::{Event, Hub};
+use super::hub::{Event, Hub, Joined};
 use crate::auth::{self, Principal};
 use crate::metrics::{self, Metrics};
 use crate::shutdown::Shutdown;
@@ -41,8 +41,9 @@ pub struct StreamRequest {
     pub epoch: Option<String>,
     /// When the credential stops being valid by itself (links expire).
     pub expires_at: Option<DateTime<Utc>>,
-    /// Revocations, listened to from before the credential was checked,
-    /// so none can fall between the check and the stream.
+    /// Revocations, listened to from before the credential was checked
+    /// until the stream has joined its vault's channel (which carries them
+    /// from then on), so none can fall between the check and the stream.
     pub revocations: broadcast::Receiver<Revocation>,
     pub ping_every: Duration,
     /// The relay's metrics (open streams, frames sent, close codes).
@@ -197,17 +198,54 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
         .join(&vault, &atem_id, &client_id)
         .await
         .map_err(|e| End::Fault(e.to_string()))?;
-    let mut sub = joined.sub;
-    let head_seq = joined.head_seq;
-    let hello = frames::hello(&vault.id, &joined.summary, head_seq, &epoch);
-    send(t, &metrics, &hello).await?;
-    send(t, &metrics, &joined.presence).await?;
+    let Joined {
+        mut sub,
+        summary,
+        head_seq,
+        presence,
+    } = joined;
+    // From here on only the vault's id is needed: an idle stream keeps
+    // neither the vault's summary and writer list nor its own names.
+    // (`{ vault }` moves the whole value, so the rest is dropped here.)
+    let Vault {
+        id: vault_id,
+        work_session,
+        ..
+    } = { vault };
+    drop((atem_id, client_id));
+    // Revocations announced between the credential check and the join.
+    loop {
+        match revocations.try_recv() {
+            Ok(r) if revokes(&r, &principal) => return Ok(End::Revoked),
+            Ok(_) => {}
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                if auth::still_valid(hub.store().as_ref(), &principal)
+                    .await
+                    .is_err()
+                {
+                    return Ok(End::Revoked);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    drop(revocations);
+    send(
+        t,
+        &metrics,
+        &frames::hello(&vault_id, &summary, head_seq, &epoch),
+    )
+    .await?;
+    drop(summary);
+    send(t, &metrics, &presence).await?;
+    drop(presence);
     // Read after joining: a change of mode from here on also arrives live.
     let mode = hub
         .store()
-        .encryption_mode(&vault.work_session)
+        .encryption_mode(&work_session)
         .await
         .map_err(|e| End::Fault(e.to_string()))?;
+    drop(work_session);
     send(t, &metrics, &frames::encryption(&mode)).await?;
 
     let since = match (&client_epoch, since) {
@@ -219,7 +257,7 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
     };
     let mut cursor = match since {
         Some(since) => {
-            let cursor = catch_up(t, &metrics, hub, &vault.id, since).await?;
+            let cursor = catch_up(t, &metrics, hub, &vault_id, since).await?;
             send(t, &metrics, &frames::caught_up(cursor)).await?;
             cursor
         }
@@ -256,10 +294,19 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
                             t.feed(&frame).await?;
                             fed += 1;
                         }
-                        // Fell off the ring: the store has every row we missed.
+                        Ok(Event::Revoked(r)) => {
+                            if revokes(&r, &principal) {
+                                return Ok(End::Revoked);
+                            }
+                        }
+                        // Fell off the ring: the store has every row we
+                        // missed, and says whether a revocation was missed.
                         Err(RecvError::Lagged(_)) => {
                             t.flush().await?;
-                            cursor = catch_up(t, &metrics, hub, &vault.id, cursor).await?;
+                            if auth::still_valid(hub.store().as_ref(), &principal).await.is_err() {
+                                return Ok(End::Revoked);
+                            }
+                            cursor = catch_up(t, &metrics, hub, &vault_id, cursor).await?;
                         }
                         Err(RecvError::Closed) => return Ok(End::Shutdown),
                     }
@@ -271,15 +318,6 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
                 metrics.frames_sent(fed as u64);
             }
             end = t.ended() => return Ok(end),
-            r = revocations.recv() => match r {
-                Ok(r) if revokes(&r, &principal) => return Ok(End::Revoked),
-                Ok(_) => {}
-                Err(_) => {
-                    if auth::still_valid(hub.store().as_ref(), &principal).await.is_err() {
-                        return Ok(End::Revoked);
-                    }
-                }
-            },
             _ = ping.tick() => t.keepalive().await?,
             _ = &mut expiry => return Ok(End::Revoked),
         }

@@ -26,6 +26,10 @@ pub enum Event {
     Entry { seq: i64, frame: Frame },
     /// Any other frame (summary, presence), already serialized.
     Frame(Frame),
+    /// Credentials were revoked: every subscriber checks whether its own
+    /// were. It travels with the rows, so a live stream listens to one
+    /// channel only.
+    Revoked(Revocation),
 }
 
 struct VaultChannel {
@@ -55,16 +59,38 @@ impl VaultChannel {
 #[derive(Default)]
 struct Known {
     summary: Option<String>,
+    /// The watchers as last read from the store, kept current with this
+    /// process's own joins and leaves; `None` until read, and again when
+    /// another replica's change makes it stale.
     presence: Option<KnownPresence>,
+    /// Presence notices this process's own joins and leaves will cause and
+    /// that have not arrived yet: any other presence notice comes from
+    /// another replica.
+    own_notices: i64,
 }
 
-/// The watchers of a vault as last read from the store.
-#[derive(Clone)]
+/// The watchers of a vault: the first [`frames::MAX_LISTED_WATCHERS`], oldest
+/// first, and how many there are.
+#[derive(Clone, Debug)]
 pub(crate) struct KnownPresence {
     pub listed: Vec<Watcher>,
     pub count: i64,
-    /// Local streams up to this connection id had joined before the read.
-    pub as_of_conn: i64,
+}
+
+impl KnownPresence {
+    fn join(&mut self, w: Watcher) {
+        if self.listed.len() < frames::MAX_LISTED_WATCHERS {
+            self.listed.push(w);
+        }
+        self.count += 1;
+    }
+
+    fn leave(&mut self, w: &Watcher) {
+        if let Some(i) = self.listed.iter().position(|l| l == w) {
+            self.listed.remove(i);
+        }
+        self.count = (self.count - 1).max(0);
+    }
 }
 
 /// A newcomer's membership of a vault and what its greeting says.
@@ -108,6 +134,8 @@ pub struct Subscription {
     conn_id: Option<i64>,
     /// Always `Some` until drop.
     rx: Option<broadcast::Receiver<Event>>,
+    /// Who presence shows for it, when it counts as a watcher.
+    watcher: Option<Watcher>,
 }
 
 impl Hub {
@@ -150,11 +178,6 @@ impl Hub {
         lock(&self.inner.channels)
     }
 
-    /// The highest connection id handed out so far.
-    pub(crate) fn last_conn(&self) -> i64 {
-        self.inner.next_conn.load(Ordering::Relaxed) - 1
-    }
-
     /// Remembers a vault's watchers, as the presence coalescer just read
     /// them, for the newcomers that follow.
     pub(crate) fn remember_presence(&self, vault_id: &str, presence: KnownPresence) {
@@ -167,7 +190,9 @@ impl Hub {
         self.channels().get(vault_id).cloned()
     }
 
-    /// Revocations announced anywhere in the service, from now on.
+    /// Revocations announced anywhere in the service, from now on. A stream
+    /// listens here from before its credential check until it has joined;
+    /// from then on revocations reach it through its vault's channel.
     pub fn revocations(&self) -> broadcast::Receiver<Revocation> {
         self.inner.revocations.subscribe()
     }
@@ -216,11 +241,16 @@ impl Hub {
             (ch.tx.subscribe(), ch)
         };
         let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let me = Watcher {
+            atem_id: atem_id.to_string(),
+            client_id: client_id.to_string(),
+        };
         let sub = Subscription {
             hub: self.clone(),
             vault_id: vault.id.clone(),
             conn_id: Some(conn_id),
             rx: Some(rx),
+            watcher: Some(me.clone()),
         };
         let record = WatcherRecord {
             replica_id: self.inner.replica_id.clone(),
@@ -229,7 +259,20 @@ impl Hub {
             atem_id: atem_id.to_string(),
             client_id: client_id.to_string(),
         };
-        if let Err(e) = self.inner.store.add_watcher(&record).await {
+        lock(&ch.known).own_notices += 1;
+        let recorded = self.inner.store.add_watcher(&record).await;
+        {
+            let mut known = lock(&ch.known);
+            match &recorded {
+                Ok(()) => {
+                    if let Some(p) = known.presence.as_mut() {
+                        p.join(me.clone());
+                    }
+                }
+                Err(_) => known.own_notices -= 1,
+            }
+        }
+        if let Err(e) = recorded {
             // Presence is advisory: the stream works without it.
             tracing::warn!(error = %e, "could not record a watcher");
         }
@@ -256,20 +299,8 @@ impl Hub {
                     .clone()
             }
         };
-        let me = Watcher {
-            atem_id: atem_id.to_string(),
-            client_id: client_id.to_string(),
-        };
         let presence = match presence {
-            Some(mut p) => {
-                if conn_id > p.as_of_conn {
-                    if p.listed.len() < frames::MAX_LISTED_WATCHERS {
-                        p.listed.push(me);
-                    }
-                    p.count += 1;
-                }
-                frames::presence(&p.listed, p.count)
-            }
+            Some(p) => frames::presence(&p.listed, p.count),
             None => match presence::read(self, &vault.id).await {
                 Ok(p) => {
                     let frame = frames::presence(&p.listed, p.count);
@@ -311,6 +342,7 @@ impl Hub {
             vault_id: vault_id.to_string(),
             conn_id: None,
             rx: Some(rx),
+            watcher: None,
         }
     }
 
@@ -347,10 +379,27 @@ impl Hub {
                         summaries.insert(vault_id);
                     }
                     Ok(Notice::Presence { vault_id }) => {
+                        if let Some(ch) = self.channel(&vault_id) {
+                            let mut known = lock(&ch.known);
+                            if known.own_notices > 0 {
+                                known.own_notices -= 1;
+                            } else {
+                                // Another replica's watcher came or went:
+                                // the next newcomer reads the store.
+                                known.presence = None;
+                            }
+                        }
                         let _ = dirty.send(vault_id);
                     }
                     Ok(Notice::Revoked(r)) => {
-                        let _ = self.inner.revocations.send(r);
+                        // First to those still opening (they listen from
+                        // before their credential check until they have
+                        // joined), then into every vault's channel.
+                        let _ = self.inner.revocations.send(r.clone());
+                        let channels: Vec<_> = self.channels().values().cloned().collect();
+                        for ch in channels {
+                            let _ = ch.tx.send(Event::Revoked(r.clone()));
+                        }
                     }
                     Ok(Notice::Encryption { work_session }) => {
                         modes.insert(work_session);
@@ -545,11 +594,20 @@ impl Drop for Subscription {
             // Drop the receiver under the lock so a concurrent subscribe
             // cannot join a channel we are about to remove.
             self.rx.take();
-            if channels
-                .get(&self.vault_id)
-                .is_some_and(|ch| ch.tx.receiver_count() == 0)
-            {
-                channels.remove(&self.vault_id);
+            match channels.get(&self.vault_id) {
+                Some(ch) if ch.tx.receiver_count() == 0 => {
+                    channels.remove(&self.vault_id);
+                }
+                Some(ch) => {
+                    if let Some(watcher) = &self.watcher {
+                        let mut known = lock(&ch.known);
+                        known.own_notices += 1;
+                        if let Some(p) = known.presence.as_mut() {
+                            p.leave(watcher);
+                        }
+                    }
+                }
+                None => {}
             }
         }
         // A listener that never showed in presence has nothing to remove.

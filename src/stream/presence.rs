@@ -25,17 +25,11 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Reads a vault's watchers from the store (across replicas).
 pub(crate) async fn read(hub: &Hub, vault_id: &str) -> Result<KnownPresence, StoreError> {
-    // Streams that joined before this point are in the answer.
-    let as_of_conn = hub.last_conn();
     let (listed, count) = hub
         .store()
         .watchers(vault_id, frames::MAX_LISTED_WATCHERS as i64)
         .await?;
-    Ok(KnownPresence {
-        listed,
-        count,
-        as_of_conn,
-    })
+    Ok(KnownPresence { listed, count })
 }
 
 /// Records that this replica is alive.
