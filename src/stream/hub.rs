@@ -225,33 +225,20 @@ impl Hub {
         atem_id: &str,
         client_id: &str,
     ) -> Result<Joined, StoreError> {
-        let (rx, ch) = {
-            let mut channels = self.channels();
-            let ch = channels
-                .entry(vault.id.clone())
-                .or_insert_with(|| {
-                    Arc::new(VaultChannel {
-                        tx: broadcast::channel(self.inner.capacity).0,
-                        pumped: Mutex::new(vault.head_seq),
-                        work_session: std::sync::OnceLock::from(vault.work_session.clone()),
-                        known: Mutex::new(Known::default()),
-                    })
-                })
-                .clone();
-            (ch.tx.subscribe(), ch)
-        };
+        let mut sub = self.watch(&vault.id, vault.head_seq);
+        // Our receiver keeps the channel in the map.
+        let ch = self
+            .channel(&vault.id)
+            .ok_or_else(|| StoreError::Fault("a joined vault has no channel".into()))?;
+        // The vault's work session is known here: encryption changes need it.
+        let _ = ch.work_session.set(vault.work_session.clone());
         let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let me = Watcher {
             atem_id: atem_id.to_string(),
             client_id: client_id.to_string(),
         };
-        let sub = Subscription {
-            hub: self.clone(),
-            vault_id: vault.id.clone(),
-            conn_id: Some(conn_id),
-            rx: Some(rx),
-            watcher: Some(me.clone()),
-        };
+        sub.conn_id = Some(conn_id);
+        sub.watcher = Some(me.clone());
         let record = WatcherRecord {
             replica_id: self.inner.replica_id.clone(),
             conn_id,
