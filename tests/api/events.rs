@@ -226,7 +226,8 @@ async fn events_carry_the_same_frames_as_the_websocket(backend: Backend) {
         }
     }
     // Presence aside (who watches changes as the two join), frame for frame
-    // the same: hello, 2 replayed rows, caught_up, 2 live rows, summary.
+    // the same: hello, the encryption mode, 2 replayed rows, caught_up,
+    // 2 live rows, summary.
     let without_presence = |frames: Vec<Value>| -> Vec<Value> {
         frames
             .into_iter()
@@ -243,6 +244,7 @@ async fn events_carry_the_same_frames_as_the_websocket(backend: Backend) {
         types,
         [
             "hello",
+            "encryption",
             "entry",
             "entry",
             "caught_up",

@@ -103,10 +103,12 @@ async fn a_ping_flood_that_never_reads_is_answered_within_the_bound_and_closed(b
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
     let mut ws = connect(&app, &v, &s, "flood", Some(16 * 1024)).await;
-    // The greeting, then the coalesced presence frame our own join causes:
-    // after it the vault is quiet.
+    // The greeting (hello, presence, the encryption mode), then the
+    // coalesced presence frame our own join causes: after it the vault is
+    // quiet.
     assert_eq!(next_text(&mut ws).await["type"], "hello");
     assert_eq!(next_text(&mut ws).await["type"], "presence");
+    assert_eq!(next_text(&mut ws).await["type"], "encryption");
     assert_eq!(next_text(&mut ws).await["type"], "presence");
     // Pings with the largest payload, far more than the kernel buffers
     // between us hold in pongs (about 5 MB on loopback): the relay answers
