@@ -654,7 +654,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let shutdown = Shutdown::new();
         let hub = Hub::start(store, 64, shutdown.clone()).await;
-        let mut sub = hub.subscribe("v-1", 4, "atem", "c").await;
+        let mut sub = hub.watch("v-1", 4);
 
         assert!(hub.publish_committed("v-1", &committed(5, 4)));
         assert!(hub.publish_committed("v-1", &committed(6, 5)));
