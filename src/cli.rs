@@ -235,6 +235,16 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
                                         frame["summary"].as_str().unwrap_or("")
                                     );
                                 }
+                                Some("encryption") => {
+                                    eprintln!(
+                                        "-- encryption: {}{}",
+                                        frame["mode"].as_str().unwrap_or("?"),
+                                        frame["kid"]
+                                            .as_str()
+                                            .map(|k| format!(" (kid {k})"))
+                                            .unwrap_or_default()
+                                    );
+                                }
                                 _ => {}
                             }
                         }

@@ -64,3 +64,53 @@ async fn the_encryption_subcommands_show_and_change_the_mode() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+/// `vault-relay watch` says on stderr which encryption mode the vault's
+/// work session is in, and when it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reports_the_encryption_mode_and_its_changes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let app = TestApp::spawn(Backend::Memory).await;
+    let (_, token, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    /// Ends the watch however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vault-relay"))
+        .args(["watch", v.as_str(), "--relay-url", app.base.as_str()])
+        .env("RELAY_SESSION", &s)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    let stderr = child.stderr.take().expect("stderr");
+    let _running = Running(child);
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut until = async |wanted: &str| loop {
+        let line = tokio::time::timeout(crate::helpers::FRAME_WAIT, lines.recv())
+            .await
+            .expect("a line in time")
+            .expect("watch is running");
+        if line == wanted {
+            return;
+        }
+    };
+    until("-- encryption: off").await;
+    move_to(&app, &token, "enabling", Some(KID)).await;
+    until(&format!("-- encryption: enabling (kid {KID})")).await;
+}
