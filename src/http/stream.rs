@@ -214,7 +214,7 @@ async fn stream(
         VaultId,
         StreamQuery,
         ("atem_id" = Option<String>, Query, description = "A display name for presence (percent-encoded, sanitized; any letters of any script, digits and `-`)"),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this seq, like `since` (wins over it)"),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "Resume after this seq, like `since` (wins over it)"),
     ),
     responses(
         (status = 200, description = "An event stream of the vault's frames (hello, presence, encryption, entry, caught_up, summary, reset, close)", content_type = "text/event-stream", body = String),

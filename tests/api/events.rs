@@ -31,7 +31,7 @@ enum Sse {
 }
 
 /// A client of an event stream.
-struct EventClient {
+pub(crate) struct EventClient {
     response: reqwest::Response,
     buffer: String,
 }
@@ -71,7 +71,7 @@ impl EventClient {
     }
 
     /// The next event of a type, skipping others.
-    async fn next_of(&mut self, wanted: &str) -> (Option<String>, Value) {
+    pub(crate) async fn next_of(&mut self, wanted: &str) -> (Option<String>, Value) {
         loop {
             let (event, id, data) = self.event().await;
             if event == wanted {
@@ -151,7 +151,7 @@ impl TestApp {
         })
     }
 
-    async fn open_events(
+    pub(crate) async fn open_events(
         &self,
         vault: &str,
         session: &str,

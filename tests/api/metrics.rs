@@ -199,10 +199,14 @@ fn frames_sent(text: &str) -> f64 {
 }
 
 fn open_streams(text: &str) -> Option<f64> {
+    open_of(text, "websocket")
+}
+
+fn open_of(text: &str, transport: &str) -> Option<f64> {
     series(
         text,
         "vault_relay_streams_open",
-        &[("transport", "websocket")],
+        &[("transport", transport)],
     )
 }
 
@@ -318,4 +322,50 @@ fn series_reads_labelled_and_bare_lines() {
     assert_eq!(series(text, "a", &[("y", "2"), ("x", "1")]), Some(3.0));
     assert_eq!(series(text, "a", &[("x", "1")]), None);
     assert_eq!(series(text, "b", &[]), Some(4.0));
+}
+
+async fn event_streams_are_counted_as_sse(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let before = scrape(&app).await;
+    assert_eq!(open_of(&before, "sse"), Some(0.0), "{before}");
+
+    let mut events = app.open_events(&v, &s, "w", "").await;
+    events.next_of("hello").await;
+    app.write(&v, &s, "c", "live", None).await;
+    events.next_of("entry").await;
+    let open = scrape_until(&app, "the event stream and its frames", |t| {
+        open_of(t, "sse") == Some(1.0) && frames_sent(t) >= 2.0
+    })
+    .await;
+    assert_eq!(open_of(&open, "websocket"), Some(0.0), "{open}");
+
+    let (status, body) = app.revoke_session(&s, &format!("session {s}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, close) = events.next_of("close").await;
+    assert_eq!(close["code"], 4001, "{close}");
+    let closed = scrape_until(&app, "the closed event stream", |t| {
+        open_of(t, "sse") == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        series(
+            &closed,
+            "vault_relay_stream_closes_total",
+            &[("code", "4001")]
+        ),
+        Some(1.0),
+        "{closed}"
+    );
+}
+
+#[tokio::test]
+async fn event_streams_are_counted_as_sse_memory() {
+    event_streams_are_counted_as_sse(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_counted_as_sse_postgres() {
+    event_streams_are_counted_as_sse(Backend::Postgres).await;
 }

@@ -477,6 +477,8 @@ async fn answers_match_their_documented_schemas(backend: Backend) {
     r.call("POST", ticket, "session", none.clone()).await;
     let stream = "/api/vault/{vault_id}/stream?id=c";
     r.call("GET", stream, "", none.clone()).await;
+    let events = "/api/vault/{vault_id}/events?id=c";
+    r.call("GET", events, "", none.clone()).await;
 
     // Links.
     let links = "/api/vault/{vault_id}/links?id=c";
