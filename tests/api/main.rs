@@ -3,15 +3,18 @@
 //! sets it up) and create one database each.
 
 mod helpers;
+mod raw;
 
 mod admin;
 mod binary;
 mod browser;
 mod cli;
+mod edge;
 mod encryption;
 mod errors;
 mod events;
 mod idempotency;
+mod limits;
 mod links;
 mod logs;
 mod mcp;
@@ -24,5 +27,6 @@ mod shutdown;
 mod store;
 mod stream;
 mod stream_limits;
+mod strict;
 mod vaults;
 mod writes;
