@@ -14,6 +14,10 @@
 //!   empty body); smaller ones reach the routes, which apply the relay's own
 //!   (lower) limits with a JSON answer.
 //!
+//! - closing: a connection the relay closes keeps reading (and dropping)
+//!   what the client still sends for a moment, so the last response is not
+//!   destroyed by a reset (see [`linger`]).
+//!
 //! Body timeouts and early refusals live in [`crate::http::edge`].
 
 use std::io;
@@ -136,7 +140,7 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(WatchedIo {
-        inner: tcp,
+        inner: Some(tcp),
         activity: activity.clone(),
     });
     let service = hyper::service::service_fn({
@@ -282,10 +286,52 @@ impl hyper::body::Body for AnsweredBody {
     }
 }
 
-/// The TCP stream, noting when bytes move and when writes wait.
+/// How long a closed connection keeps reading (and discarding) what the
+/// client still sends, and how much of it at most.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// The TCP stream, noting when bytes move and when writes wait. Dropped, it
+/// closes gracefully (see [`linger`]).
 struct WatchedIo {
-    inner: TcpStream,
+    /// Always `Some` until dropped.
+    inner: Option<TcpStream>,
     activity: Arc<Activity>,
+}
+
+impl Drop for WatchedIo {
+    fn drop(&mut self) {
+        if let Some(tcp) = self.inner.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(linger(tcp));
+        }
+    }
+}
+
+/// Closes a connection without losing the last response: closing a socket
+/// that still has unread bytes (a body the relay refused without reading)
+/// makes the kernel send a reset, and a reset can destroy the response
+/// before the client reads it. So: send FIN, read and drop whatever still
+/// arrives until the client closes, for a bounded time and size, then close.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 8 * 1024];
+        let mut total = 0;
+        while total < LINGER_MAX_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+fn gone() -> io::Error {
+    io::Error::from(io::ErrorKind::NotConnected)
 }
 
 impl WatchedIo {
@@ -316,7 +362,10 @@ impl AsyncRead for WatchedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let Some(tcp) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let result = Pin::new(tcp).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.moved();
         }
@@ -330,7 +379,10 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let Some(tcp) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let result = Pin::new(tcp).poll_write(cx, buf);
         self.wrote(result)
     }
 
@@ -339,19 +391,28 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let Some(tcp) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let result = Pin::new(tcp).poll_write_vectored(cx, bufs);
         self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|t| t.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match self.inner.as_mut() {
+            Some(tcp) => Pin::new(tcp).poll_flush(cx),
+            None => Poll::Ready(Err(gone())),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match self.inner.as_mut() {
+            Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            None => Poll::Ready(Err(gone())),
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{Backend, TestApp};
 use crate::raw::{RawConn, exchange};
@@ -334,4 +335,42 @@ async fn shutdown_stops_accepting_and_lets_a_request_in_flight_finish() {
         .await
         .expect("the relay stops")
         .expect("stop task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_the_client_does_not_take_is_dropped_after_the_idle_timeout() {
+    let app = app_with(|c| c.http_idle_timeout_secs = 1).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let text = "x".repeat(250 * 1024);
+    for _ in 0..40 {
+        app.write(&v, &s, "c", &text, None).await;
+    }
+    // A client with a small receive buffer asks for the whole history (about
+    // 10 MB) and does not read it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    let mut tcp = socket.connect(app.addr).await.expect("connect");
+    tcp.write_all(
+        format!(
+            "GET /api/vault/{v}?id=c&history=true HTTP/1.1\r\nHost: relay\r\n\
+             Authorization: session {s}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("send");
+    // Longer than the idle timeout: the relay gives up on this client.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut received))
+        .await
+        .expect("the connection ends");
+    assert!(
+        received.len() < 40 * 250 * 1024,
+        "the relay dropped the stalled response ({} bytes arrived)",
+        received.len()
+    );
+    // The relay itself is fine.
+    assert_eq!(app.read(&v, &s, "c", "").await.len(), 40);
 }

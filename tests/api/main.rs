@@ -13,6 +13,7 @@ mod edge;
 mod encryption;
 mod errors;
 mod events;
+mod hostile;
 mod idempotency;
 mod limits;
 mod links;

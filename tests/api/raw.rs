@@ -99,10 +99,14 @@ impl RawConn {
         }
     }
 
-    /// Reads one response (a body by Content-Length only: the relay never
-    /// chunks its answers to these requests). `None` when the connection
-    /// closed first.
+    /// Reads one response. `None` when the connection closed first.
     pub async fn response(&mut self) -> Option<RawResponse> {
+        self.response_to(false).await
+    }
+
+    /// Reads one response to a HEAD request (`head`: no body follows) or
+    /// any other. `None` when the connection closed first.
+    pub async fn response_to(&mut self, to_head: bool) -> Option<RawResponse> {
         let head_end = loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i;
@@ -124,22 +128,65 @@ impl RawConn {
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
-        let len: usize = headers
+        let no_body = to_head || status == 204 || status == 304 || (100..200).contains(&status);
+        let chunked = headers
             .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        while self.buf.len() < len {
-            if !self.fill().await {
-                panic!("connection closed inside a response body");
-            }
-        }
-        let body = self.buf.drain(..len).collect();
+            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+        let body = if no_body {
+            Vec::new()
+        } else if chunked {
+            self.chunked_body().await
+        } else {
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            self.take(len).await
+        };
         Some(RawResponse {
             status,
             headers,
             body,
         })
+    }
+
+    async fn take(&mut self, len: usize) -> Vec<u8> {
+        while self.buf.len() < len {
+            if !self.fill().await {
+                panic!("connection closed inside a response body");
+            }
+        }
+        self.buf.drain(..len).collect()
+    }
+
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).to_string();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            if !self.fill().await {
+                panic!("connection closed inside a chunked body");
+            }
+        }
+    }
+
+    async fn chunked_body(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let size_line = self.line().await;
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
+            if size == 0 {
+                // Trailers, then the empty line.
+                while !self.line().await.is_empty() {}
+                return body;
+            }
+            body.extend(self.take(size).await);
+            self.line().await;
+        }
     }
 
     /// Waits until the relay closes the connection; panics if it sends
@@ -168,5 +215,5 @@ pub async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Option<RawR
     if !conn.try_send(request).await {
         return None;
     }
-    conn.response().await
+    conn.response_to(request.starts_with(b"HEAD ")).await
 }
