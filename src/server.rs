@@ -72,7 +72,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Both: the buffer bound stops reading an endless head, the size
+        // bound refuses a complete one that arrived in a single large read.
         .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADER_LINES);
     let mut connections = JoinSet::new();
     loop {

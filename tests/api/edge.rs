@@ -374,3 +374,49 @@ async fn a_response_the_client_does_not_take_is_dropped_after_the_idle_timeout()
     // The relay itself is fine.
     assert_eq!(app.read(&v, &s, "c", "").await.len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_hyper_refuses_by_itself_is_what_the_readme_says() {
+    let app = app_with(|_| {}).await;
+    let many_lines: String = (0..1100).map(|i| format!("x-{i}: v\r\n")).collect();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (
+            b"GET / HTTP/1.1\r\nHost: r\r\nno colon here\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /api/vault HTTP/1.1\r\nHost: r\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: r\r\n{many_lines}\r\n").into_bytes(),
+            431,
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: r\r\nx-huge: {}\r\n\r\n",
+                "h".repeat(300 * 1024)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: r\r\n\r\n", "t".repeat(70_000)).into_bytes(),
+            414,
+        ),
+    ];
+    for (request, status) in cases {
+        let r = exchange(app.addr, &request)
+            .await
+            .expect("hyper answers before it closes");
+        assert_eq!(r.status, status, "{r:?}");
+        assert!(
+            r.body.is_empty(),
+            "hyper's own answers have no body: {:?} -> {r:?}",
+            String::from_utf8_lossy(&request[..request.len().min(60)])
+        );
+    }
+    let (status, _) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}

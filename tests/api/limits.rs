@@ -152,15 +152,17 @@ async fn wrong_tokens_meet_429_and_then_every_credential_does(backend: Backend) 
 
 async fn every_kind_of_wrong_secret_counts(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {
-        c.rate_limit_auth_failures_per_min = 6;
+        c.rate_limit_auth_failures_per_min = 7;
         c.trust_forwarded_for = true;
     })
     .await;
     let (_, token, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
     let from = Some("198.51.100.1");
-    // Six wrong secrets, one of each kind (and an unknown session id in a
-    // status route): each is a plain 401 (or 404), and counted.
+    // Seven wrong secrets, one of each kind (a session id both on a read
+    // and on a write, which checks the session inside the write, and an
+    // unknown session id in a status route): each is a plain 401 (or 404),
+    // and counted.
     let attempts: Vec<(Method, String, Option<String>, Option<Value>)> = vec![
         (
             Method::GET,
@@ -179,6 +181,12 @@ async fn every_kind_of_wrong_secret_counts(backend: Backend) {
             "/api/vault?id=c".into(),
             Some("session nope".into()),
             None,
+        ),
+        (
+            Method::POST,
+            format!("/api/vault/{v}?id=c"),
+            Some("session nope-too".into()),
+            Some(json!({"text": "guess"})),
         ),
         (
             Method::GET,
@@ -217,6 +225,20 @@ async fn every_kind_of_wrong_secret_counts(backend: Backend) {
     )
     .await;
     assert_429(&answer, 10);
+    let answer = send(
+        &app,
+        Method::POST,
+        &format!("/api/vault/{v}?id=c"),
+        Some(&format!("session {s}")),
+        from,
+        Some(json!({"text": "right session, blocked address"})),
+    )
+    .await;
+    assert_429(&answer, 10);
+    assert!(
+        app.read(&v, &s, "c", "").await.is_empty(),
+        "nothing written"
+    );
     // A pairing request carries no credential: it is not affected.
     let answer = pair_from(&app, from).await;
     assert_eq!(answer.0, StatusCode::OK, "{}", answer.2);
