@@ -113,6 +113,9 @@ fn route(world: &World) -> impl Strategy<Value = (&'static str, String)> + use<>
         on("GET", vault("/stream")),
         on("POST", vault("/stream-ticket")),
         on("POST", vault("/links")),
+        on("POST", vault("/encryption")),
+        on("GET", fixed("/api/encryption")),
+        on("POST", fixed("/api/encryption")),
         on("GET", vault("/links")),
         on(
             "DELETE",
@@ -158,7 +161,7 @@ fn route(world: &World) -> impl Strategy<Value = (&'static str, String)> + use<>
 fn query() -> impl Strategy<Value = String> {
     let key = prop_oneof![
         prop::sample::select(vec![
-            "id", "since", "history", "ticket", "epoch", "atem_id", "wait", "limit", "after",
+            "id", "since", "history", "ticket", "epoch", "atem_id", "limit", "after",
         ])
         .prop_map(str::to_string),
         "[a-z_]{1,8}",
@@ -173,7 +176,17 @@ fn query() -> impl Strategy<Value = String> {
         .prop_map(str::to_string),
         prop::collection::vec(any::<u8>(), 0..32).prop_map(|b| percent_encoded(&b)),
     ];
-    let pairs = prop::collection::vec((key, prop::option::of(value)), 0..6).prop_map(|pairs| {
+    // `wait` only with values that are refused at once: a valid one holds a
+    // long poll for up to a minute.
+    let wait = (
+        Just("wait".to_string()),
+        prop::option::of(
+            prop::sample::select(vec!["0", "61", "-1", "abc", "%ff", "1e3", ""])
+                .prop_map(str::to_string),
+        ),
+    );
+    let pair = prop_oneof![6 => (key, prop::option::of(value)), 1 => wait];
+    let pairs = prop::collection::vec(pair, 0..6).prop_map(|pairs| {
         pairs
             .into_iter()
             .map(|(k, v)| match v {
@@ -249,6 +262,9 @@ fn json_value() -> impl Strategy<Value = Value> {
                         "otp",
                         "name",
                         "expires_in_secs",
+                        "mode",
+                        "kid",
+                        "entries",
                     ])
                     .prop_map(str::to_string),
                     ".{0,8}",
