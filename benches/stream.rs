@@ -1068,6 +1068,8 @@ impl Relay {
         let mut config = Config::for_tests();
         config.admin_token = Some(ADMIN_TOKEN.to_string());
         config.database_url = database_url;
+        // One writer session appends faster than the default write limit.
+        config.rate_limit_writes_per_sec = 0;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("relay".into())

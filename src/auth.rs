@@ -3,7 +3,9 @@
 //!
 //! Handlers never parse credentials themselves; they take a [`Caller`],
 //! [`AstationAuth`] or [`AdminAuth`] extractor, or call the pairing functions
-//! here.
+//! here. Every secret a client presents is resolved here, under the
+//! failed-authentication limit ([`crate::limits::Limits::guard_credential`]):
+//! an unknown or wrong one is [`ApiError::WrongSecret`], and counted.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -13,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiQuery};
+use crate::limits::ClientAddr;
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::{Astation, SessionRecord, SessionState, Store};
@@ -108,7 +111,7 @@ pub async fn session_principal(
     let record = store
         .session(session_hash)
         .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown session; pair again to get one".into()))?;
+        .ok_or_else(|| ApiError::WrongSecret("unknown session; pair again to get one".into()))?;
     usable_session(&record)?;
     let work_session = record
         .astation_id
@@ -142,7 +145,7 @@ pub async fn link_principal(store: &dyn Store, secret_hash: &str) -> Result<Prin
     let link = store
         .link_by_secret_hash(secret_hash)
         .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown link".into()))?;
+        .ok_or_else(|| ApiError::WrongSecret("unknown link".into()))?;
     if link.revoked {
         return Err(ApiError::Unauthorized("this link was revoked".into()));
     }
@@ -172,17 +175,31 @@ struct ClientIdQuery {
     id: Option<String>,
 }
 
-/// Resolves the `Authorization` header into a principal.
+/// Resolves the `Authorization` header of a vault request (session or
+/// link) into a principal, under the failed-authentication limit of `addr`.
+/// Every transport that serves vaults authenticates through this (or the
+/// [`Caller`] extractor, which calls it).
 pub async fn principal_from_headers(
-    store: &dyn Store,
+    state: &AppState,
+    addr: ClientAddr,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
+    let store = state.store.as_ref();
+    let limits = &state.limits;
     match credential(headers)? {
         None => Err(ApiError::Unauthorized(
             "missing credential: send the header `Authorization: session <session_id>`".into(),
         )),
-        Some(Credential::Session(id)) => session_principal(store, &secrets::hash(id)).await,
-        Some(Credential::Link(secret)) => link_principal(store, &secrets::hash(secret)).await,
+        Some(Credential::Session(id)) => {
+            limits
+                .guard_credential(addr, session_principal(store, &secrets::hash(id)))
+                .await
+        }
+        Some(Credential::Link(secret)) => {
+            limits
+                .guard_credential(addr, link_principal(store, &secrets::hash(secret)))
+                .await
+        }
         Some(Credential::Bearer(_)) => Err(ApiError::Unauthorized(
             "vault routes take `Authorization: session <session_id>`, not a bearer token".into(),
         )),
@@ -199,7 +216,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = principal_from_headers(state.store.as_ref(), &parts.headers).await?;
+        let addr = ClientAddr::of(parts, &state.limits);
+        let principal = principal_from_headers(state, addr, &parts.headers).await?;
         let client_id = client_id_from_query(parts, state).await?;
         Ok(Caller {
             principal,
@@ -228,7 +246,11 @@ impl FromRequestParts<AppState> for McpCaller {
                 ));
             }
             Some(Credential::Session(id) | Credential::Bearer(id)) => {
-                session_principal(store, &secrets::hash(id)).await?
+                let addr = ClientAddr::of(parts, &state.limits);
+                state
+                    .limits
+                    .guard_credential(addr, session_principal(store, &secrets::hash(id)))
+                    .await?
             }
             Some(Credential::Link(_)) => {
                 return Err(ApiError::Unauthorized(
@@ -253,10 +275,14 @@ impl FromRequestParts<AppState> for McpCaller {
 /// very next write, on every replica.
 #[derive(Clone, Debug)]
 pub enum Claimed {
-    /// `Authorization: session <id>`, by the hash of the id.
+    /// `Authorization: session <id>`, by the hash of the id, from `addr`
+    /// (already checked against the failed-authentication limit; an
+    /// unknown session found later is counted through
+    /// [`claimed_session_principal`]).
     Session {
         session_hash: String,
         client_id: String,
+        addr: ClientAddr,
     },
     /// Any other credential, resolved as [`Caller`] resolves it.
     Resolved(Caller),
@@ -266,14 +292,29 @@ impl Claimed {
     /// Looks the credential up, for answers that must say what is wrong
     /// with it before anything else (a session's 401 comes before a bad
     /// request's 400, as on every other route).
-    pub async fn verify(&self, store: &dyn Store) -> Result<(), ApiError> {
+    pub async fn verify(&self, state: &AppState) -> Result<(), ApiError> {
         match self {
-            Claimed::Session { session_hash, .. } => {
-                session_principal(store, session_hash).await.map(|_| ())
-            }
+            Claimed::Session {
+                session_hash, addr, ..
+            } => claimed_session_principal(state, *addr, session_hash)
+                .await
+                .map(|_| ()),
             Claimed::Resolved(_) => Ok(()),
         }
     }
+}
+
+/// The principal of a session claimed by a request from `addr`, under the
+/// failed-authentication limit (an unknown session is counted).
+pub async fn claimed_session_principal(
+    state: &AppState,
+    addr: ClientAddr,
+    session_hash: &str,
+) -> Result<Principal, ApiError> {
+    state
+        .limits
+        .guard_credential(addr, session_principal(state.store.as_ref(), session_hash))
+        .await
 }
 
 impl FromRequestParts<AppState> for Claimed {
@@ -288,13 +329,16 @@ impl FromRequestParts<AppState> for Claimed {
                     .map(Claimed::Resolved);
             }
         };
+        let addr = ClientAddr::of(parts, &state.limits);
+        state.limits.check_credential(addr)?;
         match client_id_from_query(parts, state).await {
             Ok(client_id) => Ok(Claimed::Session {
                 session_hash,
                 client_id,
+                addr,
             }),
             Err(bad_query) => {
-                session_principal(state.store.as_ref(), &session_hash).await?;
+                claimed_session_principal(state, addr, &session_hash).await?;
                 Err(bad_query)
             }
         }
@@ -304,19 +348,35 @@ impl FromRequestParts<AppState> for Claimed {
 /// A request authenticated with an astation's bearer token.
 pub struct AstationAuth(pub Astation);
 
+/// The astation an astation token belongs to, under the failed-
+/// authentication limit of `addr`.
+async fn astation_by_token(
+    state: &AppState,
+    addr: ClientAddr,
+    token: &str,
+) -> Result<Astation, ApiError> {
+    state
+        .limits
+        .guard_credential(addr, async {
+            state
+                .store
+                .astation_by_token_hash(&secrets::hash(token))
+                .await?
+                .ok_or_else(|| ApiError::WrongSecret("unknown astation token".into()))
+        })
+        .await
+}
+
 /// Resolves an optional astation bearer token; `Ok(None)` when there is no
 /// Authorization header at all.
 pub async fn optional_astation(
-    store: &dyn Store,
+    state: &AppState,
+    addr: ClientAddr,
     headers: &HeaderMap,
 ) -> Result<Option<Astation>, ApiError> {
     match credential(headers)? {
         None => Ok(None),
-        Some(Credential::Bearer(token)) => store
-            .astation_by_token_hash(&secrets::hash(token))
-            .await?
-            .map(Some)
-            .ok_or_else(|| ApiError::Unauthorized("unknown astation token".into())),
+        Some(Credential::Bearer(token)) => astation_by_token(state, addr, token).await.map(Some),
         Some(_) => Err(ApiError::Unauthorized(
             "this route takes `Authorization: Bearer <astation token>`".into(),
         )),
@@ -327,7 +387,8 @@ impl FromRequestParts<AppState> for AstationAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        optional_astation(state.store.as_ref(), &parts.headers)
+        let addr = ClientAddr::of(parts, &state.limits);
+        optional_astation(state, addr, &parts.headers)
             .await?
             .map(AstationAuth)
             .ok_or_else(|| {
@@ -346,12 +407,20 @@ impl FromRequestParts<AppState> for AdminAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match credential(&parts.headers)? {
-            Some(Credential::Bearer(token))
-                if secrets::matches_hash(token, &state.settings.admin_token_hash) =>
-            {
-                Ok(AdminAuth)
+            Some(Credential::Bearer(token)) => {
+                let addr = ClientAddr::of(parts, &state.limits);
+                let right = secrets::matches_hash(token, &state.settings.admin_token_hash);
+                state
+                    .limits
+                    .guard_credential(addr, async {
+                        if right {
+                            Ok(AdminAuth)
+                        } else {
+                            Err(ApiError::WrongSecret("wrong admin token".into()))
+                        }
+                    })
+                    .await
             }
-            Some(Credential::Bearer(_)) => Err(ApiError::Unauthorized("wrong admin token".into())),
             _ => Err(ApiError::Unauthorized(
                 "send `Authorization: Bearer <admin token>` (RELAY_ADMIN_TOKEN)".into(),
             )),
@@ -486,9 +555,24 @@ async fn pairing_session(store: &dyn Store, session_id: &str) -> Result<SessionR
         .ok_or_else(|| ApiError::NotFound("no such session".into()))
 }
 
-/// The public status of a session.
-pub async fn session_status(store: &dyn Store, session_id: &str) -> Result<&'static str, ApiError> {
-    Ok(public_status(&pairing_session(store, session_id).await?))
+/// The public status of a session. The session id is its secret, so an
+/// unknown one counts as a failed authentication of `addr`.
+pub async fn session_status(
+    state: &AppState,
+    addr: ClientAddr,
+    session_id: &str,
+) -> Result<&'static str, ApiError> {
+    let limits = &state.limits;
+    limits.check_credential(addr)?;
+    match pairing_session(state.store.as_ref(), session_id).await {
+        Ok(record) => Ok(public_status(&record)),
+        Err(e) => {
+            if let ApiError::NotFound(_) = e {
+                limits.record_auth_failure(addr);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Says why a session that is not pending cannot be granted or denied.
@@ -516,9 +600,16 @@ pub async fn grant(
         .as_deref()
         .is_some_and(|h| secrets::matches_hash(otp.trim(), h));
     if !code_ok {
-        let after = store
+        let Some(after) = store
             .record_failed_code(&record.id_hash, MAX_WRONG_CODES)
-            .await?;
+            .await?
+        else {
+            // Resolved (denied by other wrong codes, granted, expired)
+            // since we read it: this code was never counted, so it gets no
+            // wrong-code answer.
+            let now = pairing_session(store, session_id).await?;
+            return Err(not_pending(public_status(&now)));
+        };
         let left = MAX_WRONG_CODES - after.failed_attempts;
         return Err(if after.state == SessionState::Denied {
             ApiError::Forbidden(
@@ -569,10 +660,12 @@ pub async fn deny(store: &dyn Store, session_id: &str) -> Result<(), ApiError> {
 /// Revokes a session. Allowed with the session itself, or with the token of
 /// the astation it is bound to.
 pub async fn revoke(
-    store: &dyn Store,
+    state: &AppState,
+    addr: ClientAddr,
     session_id: &str,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
+    let store = state.store.as_ref();
     let record = pairing_session(store, session_id).await?;
     match credential(headers)? {
         Some(Credential::Session(presented)) => {
@@ -583,10 +676,7 @@ pub async fn revoke(
             }
         }
         Some(Credential::Bearer(token)) => {
-            let astation = store
-                .astation_by_token_hash(&secrets::hash(token))
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("unknown astation token".into()))?;
+            let astation = astation_by_token(state, addr, token).await?;
             if record.astation_id.as_deref() != Some(astation.astation_id.as_str()) {
                 return Err(ApiError::Forbidden(
                     "this session is not bound to your astation".into(),

@@ -278,6 +278,33 @@ pub struct Config {
     /// before it is closed with 1008; 0 turns the limit off.
     #[arg(long, env = "STREAM_MAX_CLIENT_FRAMES_PER_SEC", default_value_t = 50)]
     pub stream_max_client_frames_per_sec: u32,
+    /// Seconds a request's headers may take to arrive, counted from the
+    /// connection opening or the previous response on it (0: no limit).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a connection may sit with nothing read or written, between
+    /// requests or with a response the client does not read (0: no limit).
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub http_idle_timeout_secs: u64,
+    /// Seconds a request body may take to arrive after its headers; later
+    /// is 408 (0: no limit).
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+    /// Requests refused for an unknown or wrong secret, per client address
+    /// and minute, before every credential from it gets 429 (0: off).
+    #[arg(long, env = "RATE_LIMIT_AUTH_FAILURES_PER_MIN", default_value_t = 30)]
+    pub rate_limit_auth_failures_per_min: u32,
+    /// Unauthenticated pairing requests per client address and minute (0: off).
+    #[arg(long, env = "RATE_LIMIT_PAIRINGS_PER_MIN", default_value_t = 30)]
+    pub rate_limit_pairings_per_min: u32,
+    /// Content writes, summary changes and rewrites per session and second
+    /// (0: off).
+    #[arg(long, env = "RATE_LIMIT_WRITES_PER_SEC", default_value_t = 100)]
+    pub rate_limit_writes_per_sec: u32,
+    /// Take the client address from the first `X-Forwarded-For` entry (only
+    /// behind a proxy that sets it).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
 }
 
 /// How log lines are written.

@@ -3,12 +3,14 @@
 //! (5xx) are logged with their detail; the body only says that it happened.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
 use crate::store::StoreError;
@@ -54,6 +56,25 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// 401 for a secret the relay does not know (or a wrong one): counted by
+    /// the failed-authentication limit, unlike the other 401s.
+    #[error("{0}")]
+    WrongSecret(String),
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// 414: the request target is longer than the relay reads.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// 429: a rate limit; `retry_after_secs` goes out as `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// 431: the request headers are larger than the relay reads.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 503: the store cannot be reached; the detail is logged.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -77,6 +98,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::WrongSecret(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,11 +139,14 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(json!({ "error": message }))).into_response();
         if let ApiError::Busy {
             retry_after_secs, ..
+        }
+        | ApiError::TooManyRequests {
+            retry_after_secs, ..
         } = &self
         {
             response
                 .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         response
     }
@@ -152,7 +181,8 @@ impl From<StoreError> for ApiError {
 }
 
 /// `axum::Json` with our error shape: 415 for a body that is not declared
-/// JSON, 413 over the body limit, 400 for anything else malformed.
+/// JSON, 413 over the body limit, 408 when the body is too slow, 400 for
+/// anything else malformed, including a body that is not a JSON object.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -163,14 +193,45 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
+        match Json::<Object<T>>::from_request(req, state).await {
+            Ok(Json(Object(v))) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
 }
 
+/// A JSON object deserialized as `T`. serde's derived structs also accept
+/// an array of their fields in order; bodies here must be objects.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if crate::http::edge::is_body_timeout(&rejection) {
+        return ApiError::RequestTimeout(
+            "the request body did not arrive in time; send it in one go".into(),
+        );
+    }
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "send the body as JSON with the header Content-Type: application/json".into(),
@@ -189,7 +250,8 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// `axum::extract::Query` with our error shape.
+/// A query string decoded exactly ([`crate::http::query`]), with our error
+/// shape: a value that is not UTF-8 once decoded is 400.
 pub struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
@@ -199,13 +261,10 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| {
-                ApiError::BadRequest(format!("bad query string: {}", e.body_text()))
-            })
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        crate::http::query::from_query(parts.uri.query().unwrap_or_default())
+            .map(ApiQuery)
+            .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
     }
 }
 

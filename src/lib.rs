@@ -13,6 +13,8 @@
 //! - [`error`]: the API error type and its JSON body.
 //! - [`secrets`]: random identifiers, tokens and their hashes.
 //! - [`identity`]: atem id sanitizing.
+//! - [`limits`]: the rate limits (failed authentications, pairings, writes).
+//! - [`server`]: the accept loop and the connection timeouts.
 //! - [`vaults`]: the vault operations every transport shares (rules, access,
 //!   store call).
 //! - [`mcp`]: the Model Context Protocol server (`/mcp`) and the stdio
@@ -35,10 +37,12 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod identity;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod polling;
 pub mod secrets;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

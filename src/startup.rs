@@ -5,15 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 use crate::http;
+use crate::limits::{self, Limits};
 use crate::metrics::Metrics;
 use crate::secrets;
+use crate::server::{self, ConnectionLimits};
 use crate::shutdown::Shutdown;
-use crate::state::{AppState, Settings};
+use crate::state::{AppState, Settings, secs_or_off};
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{PgConfig, PgStore};
 use crate::store::{Store, StoreError};
@@ -77,6 +78,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     state: AppState,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -119,6 +121,8 @@ impl Application {
             settings.idempotency_ttl,
             shutdown.clone(),
         ));
+        let limits = Arc::new(Limits::new(&config));
+        spawn_housekeeping(limits.clone(), shutdown.clone());
         let state = AppState {
             store,
             settings: Arc::new(settings),
@@ -126,6 +130,12 @@ impl Application {
             shutdown,
             metrics,
             long_polls: crate::polling::LongPolls::new(config.long_poll_max),
+            limits,
+        };
+        let connection_limits = ConnectionLimits {
+            header_timeout: secs_or_off(config.http_header_timeout_secs),
+            idle_timeout: secs_or_off(config.http_idle_timeout_secs),
+            shutdown_grace: SHUTDOWN_GRACE,
         };
         let web_dir = http::web::locate(config.web_dir.as_deref());
         let router = http::router(state.clone(), web_dir, config.cors_origin.as_deref());
@@ -135,6 +145,7 @@ impl Application {
             listener,
             router,
             state,
+            connection_limits,
         })
     }
 
@@ -155,17 +166,14 @@ impl Application {
         let shutdown = self.state.shutdown.clone();
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, backend = self.state.store.backend(), "vault-relay listening");
-        // Frames are small and latency matters more than packet count; the
-        // stream batches its own writes.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown({
-            let s = shutdown.clone();
-            async move { s.wait().await }
-        });
         let finished = async {
-            server.await?;
+            server::serve(
+                self.listener,
+                self.router,
+                shutdown.clone(),
+                self.connection_limits,
+            )
+            .await?;
             // Upgraded streams are no longer connections as far as the
             // server knows: wait for each to send its close frame, or the
             // process could exit in the middle of one.
@@ -183,4 +191,17 @@ impl Application {
         tracing::info!("vault-relay stopped");
         Ok(())
     }
+}
+
+/// Drops stale rate-limit buckets now and then, until the relay stops.
+fn spawn_housekeeping(limits: Arc<Limits>, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(limits::HOUSEKEEPING_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = every.tick() => limits.housekeeping(),
+            }
+        }
+    });
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub struct Settings {
     /// Body limit of the rewrite route (`MAX_REWRITE_BODY_BYTES`).
     pub max_rewrite_body_bytes: usize,
     pub stream_max_client_frames_per_sec: u32,
+    /// How long a request body may take to arrive; `None` is no limit.
+    pub http_body_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -52,8 +55,14 @@ impl Settings {
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs.max(1)),
             max_rewrite_body_bytes: config.max_rewrite_body_bytes,
             stream_max_client_frames_per_sec: config.stream_max_client_frames_per_sec,
+            http_body_timeout: secs_or_off(config.http_body_timeout_secs),
         }
     }
+}
+
+/// A duration in seconds, or `None` for 0 (no limit).
+pub fn secs_or_off(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// The state behind every route.
@@ -67,4 +76,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The bound on held long polls.
     pub long_polls: crate::polling::LongPolls,
+    /// The rate limits ([`crate::limits`]).
+    pub limits: Arc<Limits>,
 }

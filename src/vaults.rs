@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::encryption;
 use crate::error::ApiError;
 use crate::idempotency;
+use crate::limits::ClientAddr;
 use crate::metrics::WriteKind;
 use crate::polling::{self, ReadRequest};
 use crate::secrets;
@@ -263,6 +264,7 @@ pub async fn write_keyed(
     if let Principal::Session { session_hash, .. } = &caller.principal {
         let write = SessionWrite {
             session_hash,
+            addr: None,
             client_id: &caller.client_id,
             vault_id,
             text,
@@ -271,6 +273,7 @@ pub async fn write_keyed(
         };
         return write_as_session(state, write).await;
     }
+    state.limits.check_write(caller)?;
     validate_entry_id(entry_id)?;
     validate_text("text", &text, state.settings.max_entry_bytes)?;
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::Write).await?;
@@ -336,9 +339,11 @@ pub async fn write_claimed(
         Claimed::Session {
             session_hash,
             client_id,
+            addr,
         } => {
             let write = SessionWrite {
                 session_hash,
+                addr: Some(*addr),
                 client_id,
                 vault_id,
                 text,
@@ -356,6 +361,9 @@ pub async fn write_claimed(
 /// A session's content write, before its session is looked up.
 struct SessionWrite<'a> {
     session_hash: &'a str,
+    /// The client's address when the session was not looked up before: an
+    /// unknown one then counts as a failed authentication.
+    addr: Option<ClientAddr>,
     client_id: &'a str,
     vault_id: &'a str,
     text: String,
@@ -366,6 +374,7 @@ struct SessionWrite<'a> {
 async fn write_as_session(state: &AppState, w: SessionWrite<'_>) -> Result<WriteReceipt, ApiError> {
     let SessionWrite {
         session_hash,
+        addr,
         client_id,
         vault_id,
         text,
@@ -373,6 +382,13 @@ async fn write_as_session(state: &AppState, w: SessionWrite<'_>) -> Result<Write
         key,
     } = w;
     let store = state.store.as_ref();
+    // Why the session cannot write, said exactly (unknown, pending,
+    // revoked, ...), and counted when it is unknown.
+    let refusal = async || match addr {
+        Some(addr) => auth::claimed_session_principal(state, addr, session_hash).await,
+        None => auth::session_principal(store, session_hash).await,
+    };
+    state.limits.check_write_for(session_hash)?;
     let checked = validate_entry_id(entry_id)
         .and_then(|()| validate_text("text", &text, state.settings.max_entry_bytes))
         .and_then(|()| {
@@ -384,7 +400,7 @@ async fn write_as_session(state: &AppState, w: SessionWrite<'_>) -> Result<Write
         });
     if let Err(e) = checked {
         // The credential is judged first, as on every route.
-        auth::session_principal(store, session_hash).await?;
+        refusal().await?;
         return Err(e);
     }
     let key = key.map(|key| {
@@ -415,8 +431,7 @@ async fn write_as_session(state: &AppState, w: SessionWrite<'_>) -> Result<Write
             idempotency::replay_for(fingerprint.as_deref().unwrap_or_default(), &prior)
         }
         Err(StoreError::SessionRefused) => {
-            // Say exactly why (unknown, pending, revoked, ...).
-            auth::session_principal(store, session_hash).await?;
+            refusal().await?;
             Err(StoreError::SessionRefused.into())
         }
         Err(e) => Err(encryption::explain_write(e, "text", &seen)),
@@ -430,6 +445,7 @@ pub async fn set_summary(
     vault_id: &str,
     text: &str,
 ) -> Result<(), ApiError> {
+    state.limits.check_write(caller)?;
     validate_text("text", text, state.settings.max_entry_bytes)?;
     access::vault_for(state.store.as_ref(), caller, vault_id, Action::SetSummary).await?;
     state

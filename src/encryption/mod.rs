@@ -253,6 +253,8 @@ pub async fn rewrite(
     vault_id: &str,
     body: RewriteBody,
 ) -> Result<RewriteOutcome, ApiError> {
+    // A rewrite counts as one write against the session's write limit.
+    state.limits.check_write(caller)?;
     validate_rewrite(state, &body)?;
     let store = state.store.as_ref();
     let vault = match access::vault_for(store, caller, vault_id, Action::Read).await {

@@ -10,27 +10,36 @@
 //! The rules live in [`crate::encryption`].
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{AnyOfBuilder, Schema};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
-use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{AstationAuth, Caller};
 use crate::encryption::{self, RewriteBody, RewriteOutcome, SessionView, Status};
 use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::http::edge;
 use crate::http::openapi::{BodyRefusals, ClientId, ErrorBody, Refusals, VaultId, VaultRefusals};
 use crate::state::AppState;
 
-/// Encryption routes; `rewrite_body_limit` is the rewrite route's body limit.
-pub fn router(rewrite_body_limit: usize) -> OpenApiRouter<AppState> {
-    OpenApiRouter::default()
-        .routes(routes!(status, set_mode))
-        .routes(routes!(rewrite).layer(DefaultBodyLimit::max(rewrite_body_limit)))
+/// The encryption mode routes (the default body limit applies).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(status, set_mode))
+}
+
+/// The rewrite route, with its own body limit `rewrite_body_limit`: merged
+/// after the default limit was applied to the other routes, so a declared
+/// `Content-Length` is checked against this limit, not the default.
+pub fn rewrite_router(rewrite_body_limit: usize) -> OpenApiRouter<AppState> {
+    edge::with_body_limit(
+        OpenApiRouter::default().routes(routes!(rewrite)),
+        rewrite_body_limit,
+    )
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -5,12 +5,14 @@
 //! [`openapi`] for how, and [`routes`] for the list.
 
 pub mod admin;
+pub mod edge;
 pub mod encryption;
 pub mod health;
 pub mod links;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
+pub mod query;
 pub mod sessions;
 pub mod stream;
 pub mod vaults;
@@ -19,8 +21,9 @@ pub mod web;
 use std::path::PathBuf;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, header};
+use axum::middleware;
 use axum::routing::any;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -33,27 +36,32 @@ use crate::state::AppState;
 /// Every route the relay serves (but the fallbacks and the document's own
 /// route), each with its OpenAPI description.
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
-    OpenApiRouter::default()
+    let routes = OpenApiRouter::default()
         .merge(vaults::router())
         .merge(stream::router())
         .merge(links::router())
         .merge(sessions::router())
         .merge(admin::router())
-        .merge(encryption::router(state.settings.max_rewrite_body_bytes))
+        .merge(encryption::router())
         .merge(health::router())
         .merge(mcp::router(state))
-        .merge(metrics::router())
+        .merge(metrics::router());
+    // The default body limit covers the routes above; a route with a larger
+    // one is merged below with `edge::with_body_limit` of its own.
+    edge::with_body_limit(routes, state.settings.max_body_bytes).merge(encryption::rewrite_router(
+        state.settings.max_rewrite_body_bytes,
+    ))
 }
 
 /// The whole application's routes.
 pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&str>) -> Router {
-    let body_limit = state.settings.max_body_bytes;
     let api = openapi::with_document(routes(&state))
-        // Not a route of its own: the answer for any `/api` path that no
+        // Not routes of their own: the answer for any `/api` path that no
         // route above names.
+        .route("/api", any(route_not_found))
+        .route("/api/", any(route_not_found))
         .route("/api/{*rest}", any(route_not_found))
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit));
+        .method_not_allowed_fallback(method_not_allowed);
     let app = web::serve(api, web_dir)
         // Spans name the route template, never the URI: paths can hold
         // session ids and query strings can hold client ids.
@@ -96,6 +104,9 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
                 .expose_headers([header::ETAG, header::LINK, header::RETRY_AFTER]),
         )
     };
+    // The edge's limits apply to every answer (CORS preflights and static
+    // files too).
+    let app = app.layer(middleware::from_fn_with_state(state.clone(), edge::guard));
     // Outermost, so it counts every answer: CORS preflights, the static
     // files and the fallbacks too. Routing runs first, so the route
     // template is known here.

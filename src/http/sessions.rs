@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use crate::auth::{self, AstationAuth};
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::http::openapi::{BodyRefusals, Empty, ErrorBody, Refusals};
+use crate::limits::ClientAddr;
 use crate::state::AppState;
 
 /// Routes under `/api/sessions`.
@@ -89,12 +90,13 @@ struct SessionStatus {
 )]
 async fn create(
     State(state): State<AppState>,
+    addr: ClientAddr,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateSessionBody>,
 ) -> Result<Json<SessionCreated>, ApiError> {
     let store = state.store.as_ref();
     let hostname = auth::validate_name("hostname", &body.hostname, false)?;
-    match auth::optional_astation(store, &headers).await? {
+    match auth::optional_astation(&state, addr, &headers).await? {
         Some(astation) => {
             let id = auth::mint_session(store, &astation, &hostname).await?;
             Ok(Json(SessionCreated::Granted {
@@ -104,6 +106,7 @@ async fn create(
             }))
         }
         None => {
+            state.limits.check_pairing(addr)?;
             let p = auth::start_pairing(store, &hostname, state.settings.pairing_ttl).await?;
             Ok(Json(SessionCreated::Pending {
                 id: p.id,
@@ -130,9 +133,10 @@ async fn create(
 )]
 async fn status(
     State(state): State<AppState>,
+    addr: ClientAddr,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SessionStatus>, ApiError> {
-    let status = auth::session_status(state.store.as_ref(), &id).await?;
+    let status = auth::session_status(&state, addr, &id).await?;
     Ok(Json(SessionStatus {
         status,
         astation_id: None,
@@ -218,9 +222,10 @@ async fn deny(
 )]
 async fn revoke(
     State(state): State<AppState>,
+    addr: ClientAddr,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Empty>, ApiError> {
-    auth::revoke(state.store.as_ref(), &id, &headers).await?;
+    auth::revoke(&state, addr, &id, &headers).await?;
     Ok(Json(Empty {}))
 }

@@ -21,6 +21,7 @@ use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::http::openapi::{ClientId, VaultId, VaultRefusals};
 use crate::http::vaults::parse_since;
 use crate::identity::sanitize_atem_id;
+use crate::limits::ClientAddr;
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::StreamTicket;
@@ -71,25 +72,53 @@ fn raw_atem_id(uri: &axum::http::Uri) -> Option<&str> {
         .find_map(|pair| pair.strip_prefix("atem_id="))
 }
 
+/// The stream's principal and client id: from a ticket (which names both)
+/// or from the `Authorization` header and `?id=`, under the
+/// failed-authentication limit of `addr`.
 async fn principal(
     state: &AppState,
+    addr: ClientAddr,
     vault_id: &str,
-    ticket: Option<&str>,
+    q: &StreamQuery,
     headers: &HeaderMap,
-) -> Result<(Principal, Option<String>), ApiError> {
-    let store = state.store.as_ref();
-    let Some(ticket) = ticket else {
-        return Ok((auth::principal_from_headers(store, headers).await?, None));
+) -> Result<(Principal, String), ApiError> {
+    let Some(ticket) = q.ticket.as_deref() else {
+        let principal = auth::principal_from_headers(state, addr, headers).await?;
+        return Ok((principal, auth::validate_client_id(q.id.as_deref())?));
     };
+    state
+        .limits
+        .guard_credential(
+            addr,
+            ticket_principal(state, vault_id, ticket, q.id.as_deref()),
+        )
+        .await
+}
+
+/// Spends a ticket: valid for its vault and its client id only (a ticket
+/// used with another `?id=` is refused, and spent all the same).
+async fn ticket_principal(
+    state: &AppState,
+    vault_id: &str,
+    ticket: &str,
+    client_id: Option<&str>,
+) -> Result<(Principal, String), ApiError> {
+    let store = state.store.as_ref();
     let t = store
         .take_ticket(&secrets::hash(ticket))
         .await?
         .filter(|t| t.vault_id == vault_id)
         .ok_or_else(|| {
-            ApiError::Unauthorized(
+            ApiError::WrongSecret(
                 "unknown, used or expired stream ticket; get a new one from stream-ticket".into(),
             )
         })?;
+    if client_id.is_some_and(|id| id != t.client_id) {
+        return Err(ApiError::WrongSecret(
+            "this stream ticket was issued for another client id; get a new one with this id"
+                .into(),
+        ));
+    }
     // The ticket carries the credential it was issued to; check it again so
     // a revocation in between is honoured.
     let principal = match (&t.session_hash, &t.link_hash) {
@@ -97,7 +126,7 @@ async fn principal(
         (None, Some(link_hash)) => auth::link_principal(store, link_hash).await?,
         (None, None) => return Err(ApiError::Internal("ticket without a credential".into())),
     };
-    Ok((principal, Some(t.client_id)))
+    Ok((principal, t.client_id))
 }
 
 /// Checks a stream request (credential, client id, cursor, access) and
@@ -105,6 +134,7 @@ async fn principal(
 /// header) takes the place of `since` when present.
 async fn open(
     state: &AppState,
+    addr: ClientAddr,
     vault_id: &str,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
@@ -114,17 +144,7 @@ async fn open(
     // Listen before checking: a revocation after the check below reaches
     // the stream, one before it fails the check.
     let revocations = state.hub.revocations();
-    let (principal, ticket_client) =
-        principal(state, vault_id, q.ticket.as_deref(), headers).await?;
-    if let (Some(asked), Some(issued)) = (q.id.as_deref(), ticket_client.as_deref())
-        && asked != issued
-    {
-        return Err(ApiError::Unauthorized(
-            "this stream ticket was issued for another client id; get a new one with this id"
-                .into(),
-        ));
-    }
-    let client_id = auth::validate_client_id(q.id.as_deref().or(ticket_client.as_deref()))?;
+    let (principal, client_id) = principal(state, addr, vault_id, &q, headers).await?;
     let since = last_event_id
         .or(q.since.as_deref())
         .map(|s| parse_since(Some(s)))
@@ -174,13 +194,14 @@ async fn open(
 )]
 async fn stream(
     State(state): State<AppState>,
+    addr: ClientAddr,
     ApiPath(vault_id): ApiPath<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
     upgrade: Result<Upgrade, ApiError>,
 ) -> Result<Response, ApiError> {
-    let req = open(&state, &vault_id, &uri, &headers, q, None).await?;
+    let req = open(&state, addr, &vault_id, &uri, &headers, q, None).await?;
     // Checked last, so refusals say what is wrong with the credential first.
     let upgrade = upgrade?;
     let limits = SocketLimits {
@@ -224,6 +245,7 @@ async fn stream(
 )]
 async fn events(
     State(state): State<AppState>,
+    addr: ClientAddr,
     ApiPath(vault_id): ApiPath<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
@@ -235,7 +257,7 @@ async fn events(
         })?),
         None => None,
     };
-    let req = open(&state, &vault_id, &uri, &headers, q, last_event_id).await?;
+    let req = open(&state, addr, &vault_id, &uri, &headers, q, last_event_id).await?;
     let (transport, body) = sse::channel(state.settings.stream_send_timeout);
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();

@@ -281,7 +281,7 @@ async fn write(
         (Ok(IdempotencyKey(key)), Ok(ApiJson(body))) => (key, body),
         (Err(bad), _) | (_, Err(bad)) => {
             // The session was not looked up yet; its 401 comes first.
-            claimed.verify(state.store.as_ref()).await?;
+            claimed.verify(&state).await?;
             return Err(bad);
         }
     };

@@ -507,19 +507,23 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn record_failed_code(&self, id_hash: &str, limit: i32) -> StoreResult<SessionRecord> {
+    async fn record_failed_code(
+        &self,
+        id_hash: &str,
+        limit: i32,
+    ) -> StoreResult<Option<SessionRecord>> {
         let mut st = self.lock();
-        let s = st
-            .sessions
-            .get_mut(id_hash)
-            .ok_or_else(|| StoreError::Conflict("no such session".into()))?;
-        if s.state == SessionState::Pending {
-            s.failed_attempts += 1;
-            if s.failed_attempts >= limit {
-                s.state = SessionState::Denied;
-            }
+        let Some(s) = st.sessions.get_mut(id_hash) else {
+            return Ok(None);
+        };
+        if s.state != SessionState::Pending || s.expires_at <= super::now() {
+            return Ok(None);
         }
-        Ok(s.clone())
+        s.failed_attempts += 1;
+        if s.failed_attempts >= limit {
+            s.state = SessionState::Denied;
+        }
+        Ok(Some(s.clone()))
     }
 
     async fn insert_ticket(&self, ticket: &StreamTicket) -> StoreResult<()> {

@@ -416,9 +416,16 @@ pub trait Store: Send + Sync + 'static {
         to: SessionState,
         astation_id: Option<&str>,
     ) -> StoreResult<bool>;
-    /// Counts one wrong code; at `limit` wrong codes a pending session is
-    /// denied. Returns the session after the update.
-    async fn record_failed_code(&self, id_hash: &str, limit: i32) -> StoreResult<SessionRecord>;
+    /// Counts one wrong code against a session that is pending and not past
+    /// its deadline, in one atomic step; at `limit` wrong codes it is denied.
+    /// Returns the session after the update, or `None` when it was not
+    /// pending (nothing was counted: the caller's code was never compared
+    /// against a live pairing).
+    async fn record_failed_code(
+        &self,
+        id_hash: &str,
+        limit: i32,
+    ) -> StoreResult<Option<SessionRecord>>;
 
     // Stream tickets.
     async fn insert_ticket(&self, ticket: &StreamTicket) -> StoreResult<()>;

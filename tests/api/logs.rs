@@ -47,7 +47,7 @@ async fn run_and_collect_logs(log_format: Option<&str>) -> String {
     stderr
 }
 
-async fn stop(child: &mut Child) {
+pub async fn stop(child: &mut Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

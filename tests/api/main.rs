@@ -3,15 +3,19 @@
 //! sets it up) and create one database each.
 
 mod helpers;
+mod raw;
 
 mod admin;
 mod binary;
 mod browser;
 mod cli;
+mod edge;
 mod encryption;
 mod errors;
 mod events;
+mod hostile;
 mod idempotency;
+mod limits;
 mod links;
 mod logs;
 mod mcp;
@@ -24,5 +28,6 @@ mod shutdown;
 mod store;
 mod stream;
 mod stream_limits;
+mod strict;
 mod vaults;
 mod writes;

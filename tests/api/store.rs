@@ -231,13 +231,31 @@ async fn wrong_codes_count_up_to_the_limit_then_deny(backend: Backend) {
         .await
         .unwrap();
     for n in 1..=2 {
-        let s = store.record_failed_code("h2", 3).await.unwrap();
+        let s = store.record_failed_code("h2", 3).await.unwrap().unwrap();
         assert_eq!((s.failed_attempts, s.state), (n, SessionState::Pending));
     }
-    let s = store.record_failed_code("h2", 3).await.unwrap();
+    let s = store.record_failed_code("h2", 3).await.unwrap().unwrap();
     assert_eq!((s.failed_attempts, s.state), (3, SessionState::Denied));
-    let s = store.record_failed_code("h2", 3).await.unwrap();
-    assert_eq!(s.failed_attempts, 3, "a denied session counts no more");
+    assert!(
+        store.record_failed_code("h2", 3).await.unwrap().is_none(),
+        "a denied session counts no more"
+    );
+    let s = store.session("h2").await.unwrap().unwrap();
+    assert_eq!(s.failed_attempts, 3);
+    assert!(
+        store
+            .record_failed_code("h-unknown", 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut late = session("h3", SessionState::Pending);
+    late.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    store.insert_session(&late).await.unwrap();
+    assert!(
+        store.record_failed_code("h3", 3).await.unwrap().is_none(),
+        "an expired pairing counts no wrong codes"
+    );
 }
 
 async fn only_long_ended_unpaired_sessions_are_purged(backend: Backend) {

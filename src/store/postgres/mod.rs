@@ -554,26 +554,26 @@ impl Store for PgStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    async fn record_failed_code(&self, id_hash: &str, limit: i32) -> StoreResult<SessionRecord> {
-        // One statement, so concurrent wrong guesses are all counted.
+    async fn record_failed_code(
+        &self,
+        id_hash: &str,
+        limit: i32,
+    ) -> StoreResult<Option<SessionRecord>> {
+        // One statement: concurrent wrong guesses queue on the row lock and
+        // each re-checks `state` after the one before it, so at most `limit`
+        // of them are counted and the rest find the session denied.
         let row = sqlx::query(
             "update sessions set
                 failed_attempts = failed_attempts + 1,
                 state = case when failed_attempts + 1 >= $2 then 'denied' else state end
-             where id_hash = $1 and state = 'pending'
+             where id_hash = $1 and state = 'pending' and expires_at > now()
              returning *",
         )
         .bind(id_hash)
         .bind(limit)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => session_from_row(&row),
-            None => self
-                .session(id_hash)
-                .await?
-                .ok_or_else(|| StoreError::Conflict("no such session".into())),
-        }
+        row.as_ref().map(session_from_row).transpose()
     }
 
     async fn insert_ticket(&self, t: &StreamTicket) -> StoreResult<()> {
