@@ -31,6 +31,7 @@ use governor::{Quota, RateLimiter};
 use crate::auth::{Caller, Principal};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// How often stale buckets are dropped (see [`Limits::housekeeping`]).
@@ -160,6 +161,8 @@ pub struct Limits {
     writes: Option<Bucket<String>>,
     /// Whether `X-Forwarded-For` names the client (behind a proxy).
     pub trust_forwarded_for: bool,
+    /// Where refusals are counted (`vault_relay_rate_limited_total`).
+    metrics: Metrics,
 }
 
 impl Limits {
@@ -172,7 +175,14 @@ impl Limits {
             pairings: Bucket::new(config.rate_limit_pairings_per_min, minute),
             writes: Bucket::new(config.rate_limit_writes_per_sec, Duration::from_secs(1)),
             trust_forwarded_for: config.trust_forwarded_for,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts refusals in the relay's own metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
@@ -199,6 +209,7 @@ impl Limits {
             blocked.remove(&key);
             return Ok(());
         }
+        self.metrics.rate_limited("auth_failures");
         Err(too_many(
             "too many requests with a wrong or unknown credential from your address; \
              wait before trying again"
@@ -245,8 +256,9 @@ impl Limits {
         };
         match bucket.take(&addr.key()) {
             Taken::Ok { .. } => Ok(()),
-            Taken::Empty(wait) => Err(too_many(
-                "too many pairing requests from your address; wait before starting another".into(),
+            Taken::Empty(wait) => Err(self.refused(
+                "pairings",
+                "too many pairing requests from your address; wait before starting another",
                 wait,
             )),
         }
@@ -271,11 +283,18 @@ impl Limits {
         };
         match bucket.take(&key.to_string()) {
             Taken::Ok { .. } => Ok(()),
-            Taken::Empty(wait) => Err(too_many(
-                "this session writes faster than the relay accepts; slow down".into(),
+            Taken::Empty(wait) => Err(self.refused(
+                "writes",
+                "this session writes faster than the relay accepts; slow down",
                 wait,
             )),
         }
+    }
+
+    /// A 429 from the limit named `limit`, counted.
+    fn refused(&self, limit: &'static str, message: &str, wait: Duration) -> ApiError {
+        self.metrics.rate_limited(limit);
+        too_many(message.to_string(), wait)
     }
 
     /// Drops buckets that are full again and addresses no longer blocked,

@@ -121,7 +121,7 @@ impl Application {
             settings.idempotency_ttl,
             shutdown.clone(),
         ));
-        let limits = Arc::new(Limits::new(&config));
+        let limits = Arc::new(Limits::new(&config).with_metrics(metrics.clone()));
         spawn_housekeeping(limits.clone(), shutdown.clone());
         let state = AppState {
             store,

@@ -369,3 +369,48 @@ async fn event_streams_are_counted_as_sse_memory() {
 async fn event_streams_are_counted_as_sse_postgres() {
     event_streams_are_counted_as_sse(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn refusals_by_rate_limits_are_counted_by_limit() {
+    let app = TestApp::spawn_with(Backend::Memory, |c| {
+        c.metrics_public = true;
+        c.rate_limit_pairings_per_min = 1;
+        c.rate_limit_auth_failures_per_min = 1;
+    })
+    .await;
+    let pairing = || {
+        app.call(
+            Method::POST,
+            "/api/sessions",
+            None,
+            Some(serde_json::json!({"hostname": "h"})),
+        )
+    };
+    assert_eq!(pairing().await.0, StatusCode::OK);
+    assert_eq!(pairing().await.0, StatusCode::TOO_MANY_REQUESTS);
+    let wrong = || {
+        app.call(
+            Method::GET,
+            "/api/admin/astations",
+            Some("Bearer not-the-token"),
+            None,
+        )
+    };
+    assert_eq!(wrong().await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong().await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    // Public, so the scrape carries no credential the limit would refuse.
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let limited = |limit| series(&text, "vault_relay_rate_limited_total", &[("limit", limit)]);
+    assert_eq!(limited("pairings"), Some(1.0), "{text}");
+    assert_eq!(limited("auth_failures"), Some(1.0), "{text}");
+    assert_eq!(limited("writes"), None, "{text}");
+}
