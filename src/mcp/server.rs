@@ -31,6 +31,7 @@ use super::{render, vault_id_of, vault_uri};
 use crate::access::{self, Action};
 use crate::auth::{Caller, Principal};
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::state::AppState;
 use crate::store::View;
 use crate::vaults;
@@ -43,6 +44,10 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub struct CreateArgs {
     /// The new vault's one-line summary (may be empty).
     pub summary: String,
+    /// Makes a retry safe: a repeat with the same key and summary answers
+    /// with the vault the first call created (1 to 128 printable ASCII
+    /// characters; the same keys as REST's `Idempotency-Key`).
+    pub idempotency_key: Option<String>,
 }
 
 /// `vault_read` arguments.
@@ -67,6 +72,10 @@ pub struct WriteArgs {
     pub text: String,
     /// Edit this entry (a new version of e<entry_id>) instead of appending.
     pub entry_id: Option<i64>,
+    /// Makes a retry safe: a repeat with the same key and arguments answers
+    /// with the first receipt and writes nothing (1 to 128 printable ASCII
+    /// characters; the same keys as REST's `Idempotency-Key`).
+    pub idempotency_key: Option<String>,
 }
 
 /// `vault_set_summary` arguments.
@@ -117,6 +126,12 @@ fn reply<T>(
         Ok(v) => success(text(&v), shape(v)),
         Err(e) => refusal(e),
     }
+}
+
+/// Checks an optional idempotency key by the REST header's rule.
+fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    raw.map(|k| idempotency::parse_key(k.as_bytes()))
+        .transpose()
 }
 
 /// A refusal outside a tool (resources, subscriptions) is a protocol error
@@ -202,8 +217,12 @@ impl VaultMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let caller = self.caller(&ctx)?;
+        let created = match idempotency_key(args.idempotency_key) {
+            Ok(key) => vaults::create_keyed(&self.state, &caller, args.summary, key).await,
+            Err(e) => Err(e),
+        };
         Ok(reply(
-            vaults::create(&self.state, &caller, args.summary).await,
+            created,
             |v| format!("created vault {}", v.id),
             |v| json!({ "vault_id": v.id }),
         ))
@@ -242,18 +261,14 @@ impl VaultMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let caller = self.caller(&ctx)?;
-        Ok(reply(
-            vaults::write(
-                &self.state,
-                &caller,
-                &args.vault_id,
-                args.text,
-                args.entry_id,
-            )
-            .await,
-            render::receipt,
-            |r| json!(r),
-        ))
+        let written = match idempotency_key(args.idempotency_key) {
+            Ok(key) => {
+                let (vault_id, text, entry_id) = (&args.vault_id, args.text, args.entry_id);
+                vaults::write_keyed(&self.state, &caller, vault_id, text, entry_id, key).await
+            }
+            Err(e) => Err(e),
+        };
+        Ok(reply(written, render::receipt, |r| json!(r)))
     }
 
     #[tool(

@@ -8,11 +8,18 @@
 //! (the session's [`Watches`] is dropped with it, which aborts the tasks),
 //! at shutdown, or when its credential is revoked; a revocation also closes
 //! the whole MCP session, so its event stream ends too.
+//!
+//! The MCP library closes a session after five minutes without traffic,
+//! and a subscriber waiting on a quiet vault sends none. So while a session
+//! has subscriptions, the relay pings its client every `STREAM_PING_SECS`:
+//! a client that answers keeps its session; one that does not answer within
+//! the same period is gone, and its session is closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rmcp::model::ResourceUpdatedNotificationParam;
+use rmcp::model::{PingRequest, ResourceUpdatedNotificationParam, ServerRequest};
+use rmcp::service::PeerRequestOptions;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{Peer, RoleServer};
@@ -44,6 +51,9 @@ pub struct Watches {
     state: AppState,
     sessions: Arc<LocalSessionManager>,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Pings the client while there are subscriptions (started with the
+    /// first one).
+    pinger: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Watches {
@@ -53,6 +63,7 @@ impl Watches {
             state,
             sessions,
             tasks: Mutex::new(HashMap::new()),
+            pinger: Mutex::new(None),
         }
     }
 
@@ -65,6 +76,17 @@ impl Watches {
     /// is joined before this returns, so every row that commits after the
     /// subscribe request is answered is announced.
     pub fn add(&self, req: WatchRequest) {
+        {
+            let mut pinger = self.pinger.lock().unwrap_or_else(|p| p.into_inner());
+            if pinger.is_none() {
+                *pinger = Some(tokio::spawn(keep_alive(
+                    req.peer.clone(),
+                    self.sessions.clone(),
+                    req.session_id.clone(),
+                    self.state.settings.stream_ping,
+                )));
+            }
+        }
         let sub = self.state.hub.watch(&req.vault_id, req.head_seq);
         let uri = req.uri.clone();
         let task = tokio::spawn(run(self.state.clone(), self.sessions.clone(), sub, req));
@@ -90,7 +112,48 @@ impl Drop for Watches {
         for (_, task) in self.tasks().drain() {
             task.abort();
         }
+        if let Some(pinger) = self.pinger.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pinger.abort();
+        }
     }
+}
+
+/// Pings the session's client every `every`; closes the session when a
+/// ping goes unanswered for as long.
+async fn keep_alive(
+    peer: Peer<RoleServer>,
+    sessions: Arc<LocalSessionManager>,
+    session_id: Option<String>,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.reset();
+    loop {
+        tick.tick().await;
+        let ping = ServerRequest::PingRequest(PingRequest::default());
+        let answered = match peer
+            .send_request_with_option(ping, PeerRequestOptions::with_timeout(every))
+            .await
+        {
+            Ok(handle) => handle.await_response().await.is_ok(),
+            Err(_) => false,
+        };
+        if !answered {
+            tracing::debug!("closing an MCP session whose client stopped answering pings");
+            if let Some(id) = session_id {
+                close_session(sessions, id);
+            }
+            return;
+        }
+    }
+}
+
+/// Closes an MCP session from a task of its own: closing drops the
+/// session's server, and with it the task that asked.
+fn close_session(sessions: Arc<LocalSessionManager>, id: String) {
+    tokio::spawn(async move {
+        let _ = sessions.close_session(&id.into()).await;
+    });
 }
 
 /// Whether a summary-or-presence frame is a summary change (presence is
@@ -122,11 +185,7 @@ async fn run(
     drop(sub);
     if let (Stop::Revoked, Some(id)) = (stop, req.session_id) {
         tracing::debug!("closing an MCP session whose credential was revoked");
-        // Closing the session drops this task's owner, so do it from a task
-        // of its own.
-        tokio::spawn(async move {
-            let _ = sessions.close_session(&id.into()).await;
-        });
+        close_session(sessions, id);
     }
 }
 

@@ -27,6 +27,7 @@ both_stores!(
     refusals_are_tool_errors_in_the_rest_words,
     vaults_are_resources_that_read_as_their_current_view,
     a_subscription_hears_rest_writes_and_summary_changes,
+    idempotency_keys_make_retries_safe_as_on_rest,
 );
 
 /// Longest wait for a notification. Updates normally arrive within
@@ -195,10 +196,8 @@ async fn the_handshake_offers_the_five_tools_with_schemas(backend: Backend) {
     assert_eq!(list["type"], "object");
     assert!(props(&list).is_empty(), "{list}");
     let create = schema("vault_create");
-    assert_eq!(
-        (props(&create), required(&create)),
-        (vec!["summary".into()], vec!["summary".into()])
-    );
+    assert_eq!(props(&create), ["idempotency_key", "summary"]);
+    assert_eq!(required(&create), ["summary"]);
     let read = schema("vault_read");
     assert_eq!(props(&read), ["history", "since", "vault_id"]);
     assert_eq!(required(&read), ["vault_id"]);
@@ -215,7 +214,10 @@ async fn the_handshake_offers_the_five_tools_with_schemas(backend: Backend) {
         "{read}"
     );
     let write = schema("vault_write");
-    assert_eq!(props(&write), ["entry_id", "text", "vault_id"]);
+    assert_eq!(
+        props(&write),
+        ["entry_id", "idempotency_key", "text", "vault_id"]
+    );
     assert_eq!(required(&write), ["text", "vault_id"]);
     let summary = schema("vault_set_summary");
     assert_eq!(props(&summary), ["text", "vault_id"]);
@@ -429,6 +431,51 @@ async fn refusals_are_tool_errors_in_the_rest_words(backend: Backend) {
     assert_eq!(app.read(&v, &home, "owner", "history=true").await.len(), 1);
 }
 
+async fn idempotency_keys_make_retries_safe_as_on_rest(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let mcp = connect(&app, &s, "agent-1").await;
+
+    let create = json!({"summary": "once", "idempotency_key": "create-1"});
+    let first = mcp.ok("vault_create", create.clone()).await;
+    assert_eq!(mcp.ok("vault_create", create).await, first);
+    let v = first["vault_id"].as_str().unwrap().to_string();
+    let write = json!({"vault_id": v, "text": "only once", "idempotency_key": "write-1"});
+    let receipt = mcp.ok("vault_write", write.clone()).await;
+    assert_eq!(mcp.ok("vault_write", write).await, receipt);
+    assert_eq!(app.read(&v, &s, "agent-1", "history=true").await.len(), 1);
+
+    // The same key for another request is refused as REST refuses it.
+    let (status, words) = mcp
+        .refused(
+            "vault_write",
+            json!({"vault_id": v, "text": "something else", "idempotency_key": "write-1"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{words}");
+    // Keys are shared with REST: a REST retry of the MCP write replays it.
+    let rest_retry = app
+        .client
+        .post(format!("{}/api/vault/{v}?id=agent-1", app.base))
+        .header("authorization", format!("session {s}"))
+        .header("idempotency-key", "write-1")
+        .json(&json!({"text": "only once"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest_retry.status(), StatusCode::OK);
+    assert_eq!(rest_retry.json::<Value>().await.unwrap(), receipt);
+    assert_eq!(app.read(&v, &s, "agent-1", "history=true").await.len(), 1);
+    // A key the header rule refuses is refused here too.
+    let (status, _) = mcp
+        .refused(
+            "vault_write",
+            json!({"vault_id": v, "text": "x", "idempotency_key": ""}),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
 async fn vaults_are_resources_that_read_as_their_current_view(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, home) = app.work_session("home").await;
@@ -605,6 +652,104 @@ async fn refusals_before_any_exchange_are_http_errors_with_the_json_body() {
     let (status, words) = json_error(resp).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(words.contains("initialize a new one"), "{words}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_session_is_pinged_and_keeps_hearing() {
+    let app = TestApp::spawn_with(Backend::Memory, |c| c.stream_ping_secs = 1).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "agent-1", "").await;
+    let mut mcp = connect(&app, &s, "agent-1").await;
+    mcp.subscribe(&v).await;
+    // Several ping periods pass; the client answers each ping (the SDK
+    // does so by itself), so the session and its subscription live on.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    app.write(&v, &s, "atem-rest", "still there?", None).await;
+    assert_eq!(mcp.next_update().await, format!("vault://{v}"));
+    assert_eq!(
+        mcp.ok("vault_list", json!({})).await["vaults"][0]["vault_id"],
+        v
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_session_whose_client_never_answers_pings_is_closed() {
+    let app = TestApp::spawn_with(Backend::Memory, |c| c.stream_ping_secs = 1).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "agent-1", "").await;
+    // A hand-rolled client that subscribes but never opens the event
+    // stream, so the relay's pings cannot reach it.
+    let rpc = async |session: Option<&str>, body: Value| {
+        let mut req = app
+            .client
+            .post(format!("{}/mcp?id=agent-1", app.base))
+            .header("authorization", format!("Bearer {s}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(id) = session {
+            req = req
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        let resp = req.send().await.expect("the relay answers");
+        let status = resp.status();
+        let id = resp
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = resp.text().await.expect("a body");
+        (status, id, text)
+    };
+    let (status, id, _) = rpc(
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "silent", "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = id.expect("a session id");
+    let (status, _, _) = rpc(
+        Some(&id),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _, body) = rpc(
+        Some(&id),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
+               "params": {"uri": format!("vault://{v}")}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"result\""), "{body}");
+
+    // Within a few ping periods the relay gives up on it and closes the
+    // session: its next request is told to start a new one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, body) = rpc(
+            Some(&id),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+        )
+        .await;
+        if status == StatusCode::NOT_FOUND {
+            let body: Value = serde_json::from_str(&body).expect("a JSON body");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("initialize a new one")
+            );
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent session was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
