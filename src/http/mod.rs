@@ -100,8 +100,18 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
                     header::CONTENT_TYPE,
                     header::IF_NONE_MATCH,
                     header::HeaderName::from_static(crate::idempotency::HEADER),
+                    // Browser MCP clients: the session, the revision and
+                    // resuming the event stream.
+                    header::HeaderName::from_static(crate::mcp::SESSION_HEADER),
+                    header::HeaderName::from_static(crate::mcp::PROTOCOL_VERSION_HEADER),
+                    header::HeaderName::from_static("last-event-id"),
                 ])
-                .expose_headers([header::ETAG, header::LINK, header::RETRY_AFTER]),
+                .expose_headers([
+                    header::ETAG,
+                    header::LINK,
+                    header::RETRY_AFTER,
+                    header::HeaderName::from_static(crate::mcp::SESSION_HEADER),
+                ]),
         )
     };
     // The edge's limits apply to every answer (CORS preflights and static

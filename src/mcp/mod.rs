@@ -14,6 +14,11 @@ pub mod render;
 pub mod server;
 pub mod watch;
 
+/// The header that names an MCP session on the Streamable HTTP transport.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The header that carries the negotiated protocol revision.
+pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+
 /// The scheme of a vault's resource URI: `vault://<vault_id>`.
 pub const VAULT_URI_PREFIX: &str = "vault://";
 

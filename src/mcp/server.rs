@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::watch::{WatchRequest, Watches};
-use super::{render, vault_id_of, vault_uri};
+use super::{SESSION_HEADER, render, vault_id_of, vault_uri};
 use crate::access::{self, Action};
 use crate::auth::{Caller, Principal};
 use crate::error::ApiError;
@@ -35,9 +35,6 @@ use crate::idempotency;
 use crate::state::AppState;
 use crate::store::View;
 use crate::vaults;
-
-/// The header that names an MCP session on the Streamable HTTP transport.
-const SESSION_HEADER: &str = "mcp-session-id";
 
 /// `vault_create` arguments.
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -753,6 +753,111 @@ async fn a_subscribed_session_whose_client_never_answers_pings_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_session_stays_with_the_credential_that_opened_it() {
+    let app = TestApp::spawn(Backend::Memory).await;
+    let (_, _, mine) = app.work_session("home").await;
+    let (_, _, theirs) = app.work_session("away").await;
+    let post = |session: &str, mcp_session: Option<&str>, body: Value| {
+        let mut req = app
+            .client
+            .post(format!("{}/mcp?id=agent-1", app.base))
+            .header("authorization", format!("Bearer {session}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(id) = mcp_session {
+            req = req
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        req.send()
+    };
+    let opened = post(
+        &mine,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    let id = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    post(&mine, Some(&id), initialized).await.unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "vault_list", "arguments": {}}});
+    // Another valid session cannot use this MCP session.
+    let hijack = post(&theirs, Some(&id), list.clone())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        hijack.contains("opened with another credential"),
+        "{hijack}"
+    );
+    assert!(!hijack.contains("\"result\""), "{hijack}");
+    let own = post(&mine, Some(&id), list)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(own.contains("\"result\""), "{own}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_mcp_clients_may_send_and_read_the_mcp_headers() {
+    let app = TestApp::spawn_with(Backend::Memory, |c| {
+        c.cors_origin = Some("https://agent.example.com".into());
+    })
+    .await;
+    let preflight = app
+        .client
+        .request(Method::OPTIONS, format!("{}/mcp?id=c", app.base))
+        .header("origin", "https://agent.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, mcp-session-id, mcp-protocol-version",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in ["authorization", "mcp-session-id", "mcp-protocol-version"] {
+        assert!(allowed.contains(h), "{allowed}");
+    }
+    let (_, _, s) = app.work_session("home").await;
+    let opened = app
+        .client
+        .post(format!("{}/mcp?id=c", app.base))
+        .header("origin", "https://agent.example.com")
+        .header("authorization", format!("Bearer {s}"))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "browser", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let exposed = opened.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("mcp-session-id"), "{exposed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_the_session_ends_its_mcp_access() {
     let app = TestApp::spawn(Backend::Memory).await;
     let (_, _, s) = app.work_session("home").await;
