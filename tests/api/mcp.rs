@@ -28,6 +28,7 @@ both_stores!(
     vaults_are_resources_that_read_as_their_current_view,
     a_subscription_hears_rest_writes_and_summary_changes,
     idempotency_keys_make_retries_safe_as_on_rest,
+    the_encryption_mode_holds_on_mcp_writes,
 );
 
 /// Longest wait for a notification. Updates normally arrive within
@@ -474,6 +475,53 @@ async fn idempotency_keys_make_retries_safe_as_on_rest(backend: Backend) {
         )
         .await;
     assert_eq!(status, 400);
+}
+
+async fn the_encryption_mode_holds_on_mcp_writes(backend: Backend) {
+    use crate::encryption::{KID, move_to, seal};
+
+    let app = TestApp::spawn(backend).await;
+    let (_, token, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "agent-1", "").await;
+    move_to(&app, &token, "enabling", Some(KID)).await;
+    let mcp = connect(&app, &s, "agent-1").await;
+
+    // Plaintext is refused with the REST words, on every kind of write.
+    let (status, rest) = app
+        .try_write(&v, &s, "agent-1", json!({"text": "in the clear"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        mcp.refused(
+            "vault_write",
+            json!({"vault_id": v, "text": "in the clear"})
+        )
+        .await,
+        (409, rest["error"].as_str().unwrap().to_string())
+    );
+    let (status, rest) = app.set_summary(&v, &s, "agent-1", "in the clear").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        mcp.refused(
+            "vault_set_summary",
+            json!({"vault_id": v, "text": "in the clear"})
+        )
+        .await,
+        (409, rest["error"].as_str().unwrap().to_string())
+    );
+    assert_eq!(
+        mcp.refused("vault_create", json!({"summary": "in the clear"}))
+            .await
+            .0,
+        409
+    );
+    // An envelope with the current kid is accepted and read back unchanged.
+    let sealed = seal(KID, "secret plan");
+    mcp.ok("vault_write", json!({"vault_id": v, "text": sealed}))
+        .await;
+    let rows = mcp.ok("vault_read", json!({"vault_id": v})).await;
+    assert_eq!(rows["entries"][0]["content"], sealed);
+    assert_eq!(app.read(&v, &s, "agent-1", "").await.len(), 1);
 }
 
 async fn vaults_are_resources_that_read_as_their_current_view(backend: Backend) {
