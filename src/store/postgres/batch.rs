@@ -21,8 +21,10 @@
 //! it queues on the vault lock first; only a client that reuses two keys for
 //! different requests at once, on two replicas, in opposite orders, could
 //! make two batches wait on each other, and Postgres then fails one of them
-//! as a deadlock: its writes are refused, none acknowledged.)
+//! as a deadlock: that batch is split and tried again, see
+//! [`commit_columns`].)
 
+use futures_util::future::BoxFuture;
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -103,86 +105,150 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Pending>) {
     }
 }
 
-/// Commits a batch; one result per item, in order. An error for the whole
-/// batch (the database is unreachable, the commit failed) is given to every
-/// item: none of them was acknowledged as written.
-pub async fn commit(pool: &PgPool, items: Vec<Item>) -> Vec<Outcome> {
-    let n = items.len();
-    let mut sessions = Vec::with_capacity(n);
-    let mut vaults = Vec::with_capacity(n);
-    let mut entries = Vec::with_capacity(n);
-    let mut writers = Vec::with_capacity(n);
-    let mut contents = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut fingerprints = Vec::with_capacity(n);
-    let mut ttls = Vec::with_capacity(n);
-    for item in items {
-        sessions.push(item.session_hash);
-        vaults.push(item.entry.vault_id);
-        entries.push(item.entry.entry_no);
-        writers.push(item.entry.writer_id);
-        contents.push(item.entry.content);
-        keys.push(item.key.as_ref().map(|k| k.key.clone()));
-        fingerprints.push(item.key.as_ref().map(|k| k.fingerprint.clone()));
-        ttls.push(item.key.as_ref().map(|k| k.ttl.as_secs_f64()));
+/// The columns of a batch, as `vault_write_batch` takes them.
+struct Columns {
+    sessions: Vec<String>,
+    vaults: Vec<String>,
+    entries: Vec<Option<i64>>,
+    writers: Vec<String>,
+    contents: Vec<String>,
+    keys: Vec<Option<String>>,
+    fingerprints: Vec<Option<String>>,
+    ttls: Vec<Option<f64>>,
+}
+
+impl Columns {
+    fn new(items: Vec<Item>) -> Columns {
+        let n = items.len();
+        let mut c = Columns {
+            sessions: Vec::with_capacity(n),
+            vaults: Vec::with_capacity(n),
+            entries: Vec::with_capacity(n),
+            writers: Vec::with_capacity(n),
+            contents: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            fingerprints: Vec::with_capacity(n),
+            ttls: Vec::with_capacity(n),
+        };
+        for item in items {
+            c.sessions.push(item.session_hash);
+            c.vaults.push(item.entry.vault_id);
+            c.entries.push(item.entry.entry_no);
+            c.writers.push(item.entry.writer_id);
+            c.contents.push(item.entry.content);
+            c.keys.push(item.key.as_ref().map(|k| k.key.clone()));
+            c.fingerprints
+                .push(item.key.as_ref().map(|k| k.fingerprint.clone()));
+            c.ttls.push(item.key.as_ref().map(|k| k.ttl.as_secs_f64()));
+        }
+        c
     }
-    let rows = sqlx::query(
-        "select out_error, out_entry_no, out_version, out_seq, out_prev_seq, out_created_at,
-                out_prior_fingerprint, out_prior_response
-         from vault_write_batch($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&sessions)
-    .bind(&vaults)
-    .bind(&entries)
-    .bind(&writers)
-    .bind(&contents)
-    .bind(&keys)
-    .bind(&fingerprints)
-    .bind(&ttls)
-    .fetch_all(pool)
-    .await;
-    let rows = match rows {
-        Ok(rows) if rows.len() == n => rows,
-        Ok(rows) => {
-            let e = format!(
-                "vault_write_batch answered {} rows for {n} writes",
-                rows.len()
-            );
-            return (0..n).map(|_| Err(StoreError::Fault(e.clone()))).collect();
+
+    fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Moves the writes from `at` on into a batch of their own.
+    fn split_off(&mut self, at: usize) -> Columns {
+        Columns {
+            sessions: self.sessions.split_off(at),
+            vaults: self.vaults.split_off(at),
+            entries: self.entries.split_off(at),
+            writers: self.writers.split_off(at),
+            contents: self.contents.split_off(at),
+            keys: self.keys.split_off(at),
+            fingerprints: self.fingerprints.split_off(at),
+            ttls: self.ttls.split_off(at),
         }
-        Err(e) => {
-            let e = StoreError::from(e);
-            return (0..n).map(|_| Err(same_error(&e))).collect();
-        }
-    };
-    rows.iter()
-        .zip(entries.into_iter().zip(writers.into_iter().zip(contents)))
-        .map(|(row, (entry_no, (writer_id, content)))| {
-            let refused: Option<String> = row.try_get("out_error")?;
-            match refused.as_deref() {
-                None => {}
-                Some("prior") => {
-                    return Ok(Keyed::Prior(PriorResponse {
-                        fingerprint: row.try_get("out_prior_fingerprint")?,
-                        response: row.try_get("out_prior_response")?,
-                    }));
-                }
-                Some(reason) => return Err(refusal(reason, entry_no)),
+    }
+}
+
+/// Commits a batch; one result per item, in order.
+pub async fn commit(pool: &PgPool, items: Vec<Item>) -> Vec<Outcome> {
+    commit_columns(pool, Columns::new(items)).await
+}
+
+/// Commits `batch` in one statement. When the database refuses the whole
+/// statement (a write that fails a check only at COMMIT, a deadlock), the
+/// transaction committed nothing, so the batch is split in two and each half
+/// is tried on its own: one bad write costs its neighbours a few more round
+/// trips, never their write. An error that says the database cannot be
+/// reached (or an answer that may have been lost after the commit) is given
+/// to every write of the batch, none of them acknowledged as written.
+fn commit_columns(pool: &PgPool, mut batch: Columns) -> BoxFuture<'_, Vec<Outcome>> {
+    Box::pin(async move {
+        let n = batch.len();
+        let rows = sqlx::query(
+            "select out_error, out_entry_no, out_version, out_seq, out_prev_seq, out_created_at,
+                    out_prior_fingerprint, out_prior_response
+             from vault_write_batch($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&batch.sessions)
+        .bind(&batch.vaults)
+        .bind(&batch.entries)
+        .bind(&batch.writers)
+        .bind(&batch.contents)
+        .bind(&batch.keys)
+        .bind(&batch.fingerprints)
+        .bind(&batch.ttls)
+        .fetch_all(pool)
+        .await;
+        let rows = match rows {
+            Ok(rows) if rows.len() == n => rows,
+            Ok(rows) => {
+                let e = format!(
+                    "vault_write_batch answered {} rows for {n} writes",
+                    rows.len()
+                );
+                return (0..n).map(|_| Err(StoreError::Fault(e.clone()))).collect();
             }
-            Ok(Keyed::Done(Committed {
-                entry: Entry {
-                    seq: row.try_get("out_seq")?,
-                    entry_no: row.try_get("out_entry_no")?,
-                    version: row.try_get("out_version")?,
-                    kind: KIND_CONTENT.to_string(),
-                    writer_id,
-                    content,
-                    created_at: row.try_get("out_created_at")?,
-                },
-                prev_seq: row.try_get("out_prev_seq")?,
-            }))
-        })
-        .collect()
+            Err(e) => {
+                let refused_whole = matches!(e, sqlx::Error::Database(_));
+                let e = StoreError::from(e);
+                if n > 1 && refused_whole && matches!(e, StoreError::Fault(_)) {
+                    let second = batch.split_off(n / 2);
+                    let mut outcomes = commit_columns(pool, batch).await;
+                    outcomes.extend(commit_columns(pool, second).await);
+                    return outcomes;
+                }
+                return (0..n).map(|_| Err(same_error(&e))).collect();
+            }
+        };
+        let Columns {
+            entries,
+            writers,
+            contents,
+            ..
+        } = batch;
+        rows.iter()
+            .zip(entries.into_iter().zip(writers.into_iter().zip(contents)))
+            .map(|(row, (entry_no, (writer_id, content)))| {
+                let refused: Option<String> = row.try_get("out_error")?;
+                match refused.as_deref() {
+                    None => {}
+                    Some("prior") => {
+                        return Ok(Keyed::Prior(PriorResponse {
+                            fingerprint: row.try_get("out_prior_fingerprint")?,
+                            response: row.try_get("out_prior_response")?,
+                        }));
+                    }
+                    Some(reason) => return Err(refusal(reason, entry_no)),
+                }
+                Ok(Keyed::Done(Committed {
+                    entry: Entry {
+                        seq: row.try_get("out_seq")?,
+                        entry_no: row.try_get("out_entry_no")?,
+                        version: row.try_get("out_version")?,
+                        kind: KIND_CONTENT.to_string(),
+                        writer_id,
+                        content,
+                        created_at: row.try_get("out_created_at")?,
+                    },
+                    prev_seq: row.try_get("out_prev_seq")?,
+                }))
+            })
+            .collect()
+    })
 }
 
 /// The error of an item the batch refused.
