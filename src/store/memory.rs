@@ -544,26 +544,40 @@ impl Store for MemoryStore {
             .filter(|t| t.expires_at > super::now()))
     }
 
-    async fn add_watcher(&self, watcher: &WatcherRecord) -> StoreResult<()> {
-        self.lock().watchers.push(watcher.clone());
-        self.announce(Notice::Presence {
-            vault_id: watcher.vault_id.clone(),
-        });
-        Ok(())
-    }
-
-    async fn remove_watcher(
+    async fn update_watchers(
         &self,
         replica_id: &str,
-        conn_id: i64,
-        vault_id: &str,
+        joined: &[WatcherRecord],
+        left: &[i64],
     ) -> StoreResult<()> {
-        self.lock()
-            .watchers
-            .retain(|w| !(w.replica_id == replica_id && w.conn_id == conn_id));
-        self.announce(Notice::Presence {
-            vault_id: vault_id.to_string(),
-        });
+        let mut touched: Vec<String> = Vec::new();
+        let mut touch = |vault_id: &str| {
+            if !touched.iter().any(|v| v == vault_id) {
+                touched.push(vault_id.to_string());
+            }
+        };
+        {
+            let mut st = self.lock();
+            if !left.is_empty() {
+                st.watchers.retain(|w| {
+                    let gone = w.replica_id == replica_id && left.contains(&w.conn_id);
+                    if gone {
+                        touch(&w.vault_id);
+                    }
+                    !gone
+                });
+            }
+            for w in joined {
+                touch(&w.vault_id);
+                st.watchers.push(w.clone());
+            }
+        }
+        for vault_id in touched {
+            self.announce(Notice::Presence {
+                vault_id,
+                by: Some(replica_id.to_string()),
+            });
+        }
         Ok(())
     }
 
@@ -601,7 +615,7 @@ impl Store for MemoryStore {
             !gone
         });
         for vault_id in vaults {
-            self.announce(Notice::Presence { vault_id });
+            self.announce(Notice::Presence { vault_id, by: None });
         }
         Ok(())
     }

@@ -225,7 +225,13 @@ pub enum Notice {
     /// The vault's summary changed.
     Summary { vault_id: String },
     /// The set of watchers of the vault changed.
-    Presence { vault_id: String },
+    Presence {
+        vault_id: String,
+        /// The replica whose own streams came or went; `None` when a
+        /// replica's watchers were withdrawn for it (at its shutdown, or
+        /// when it fell silent).
+        by: Option<String>,
+    },
     /// Credentials were revoked; open streams that use them must close.
     Revoked(Revocation),
     /// A work session's encryption mode changed.
@@ -433,14 +439,15 @@ pub trait Store: Send + Sync + 'static {
     async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<StreamTicket>>;
 
     // Presence.
-    /// Records an open stream and announces the change.
-    async fn add_watcher(&self, watcher: &WatcherRecord) -> StoreResult<()>;
-    /// Forgets an open stream and announces the change.
-    async fn remove_watcher(
+    /// Records the streams of `replica_id` that opened (`joined`) and
+    /// forgets those that closed (`left`, by connection id), in one go, and
+    /// announces each vault whose watchers changed once, as a presence
+    /// notice naming the replica.
+    async fn update_watchers(
         &self,
         replica_id: &str,
-        conn_id: i64,
-        vault_id: &str,
+        joined: &[WatcherRecord],
+        left: &[i64],
     ) -> StoreResult<()>;
     /// The first `limit` watchers of a vault (oldest first) on live replicas,
     /// and how many there are in all.

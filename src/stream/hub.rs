@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::oneshot;
 
 use super::frames::{self, Frame};
 use super::presence;
@@ -63,10 +64,6 @@ struct Known {
     /// process's own joins and leaves; `None` until read, and again when
     /// another replica's change makes it stale.
     presence: Option<KnownPresence>,
-    /// Presence notices this process's own joins and leaves will cause and
-    /// that have not arrived yet: any other presence notice comes from
-    /// another replica.
-    own_notices: i64,
 }
 
 /// The watchers of a vault: the first [`frames::MAX_LISTED_WATCHERS`], oldest
@@ -117,6 +114,8 @@ struct Inner {
     channels: Mutex<HashMap<String, Arc<VaultChannel>>>,
     revocations: broadcast::Sender<Revocation>,
     next_conn: AtomicI64,
+    /// To the presence writer ([`presence::record`]).
+    presence: tokio::sync::mpsc::UnboundedSender<presence::Change>,
 }
 
 /// The process's fan-out. Cheap to clone.
@@ -142,6 +141,7 @@ impl Hub {
     /// Starts the hub's tasks: the notice pump, the presence coalescer and
     /// the replica heartbeat. They stop at shutdown.
     pub async fn start(store: Arc<dyn Store>, capacity: usize, shutdown: Shutdown) -> Hub {
+        let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let hub = Hub {
             inner: Arc::new(Inner {
                 store,
@@ -150,6 +150,7 @@ impl Hub {
                 channels: Mutex::new(HashMap::new()),
                 revocations: broadcast::channel(256).0,
                 next_conn: AtomicI64::new(1),
+                presence: presence_tx,
             }),
         };
         // Subscribe before returning so no notice after start-up is missed.
@@ -162,6 +163,7 @@ impl Hub {
             hub.clone()
                 .pump_notices(notices, dirty_tx, shutdown.clone()),
         );
+        tokio::spawn(presence::record(hub.clone(), presence_rx, shutdown.clone()));
         tokio::spawn(presence::run(hub.clone(), dirty_rx, shutdown));
         hub
     }
@@ -183,6 +185,14 @@ impl Hub {
     pub(crate) fn remember_presence(&self, vault_id: &str, presence: KnownPresence) {
         if let Some(ch) = self.channel(vault_id) {
             lock(&ch.known).presence = Some(presence);
+        }
+    }
+
+    /// Forgets what the hub knew of a vault's watchers: the next newcomer
+    /// reads them from the store.
+    pub(crate) fn forget_presence(&self, vault_id: &str) {
+        if let Some(ch) = self.channel(vault_id) {
+            lock(&ch.known).presence = None;
         }
     }
 
@@ -246,22 +256,30 @@ impl Hub {
             atem_id: atem_id.to_string(),
             client_id: client_id.to_string(),
         };
-        lock(&ch.known).own_notices += 1;
-        let recorded = self.inner.store.add_watcher(&record).await;
-        {
+        // The hub's picture of the watchers takes the newcomer at once; the
+        // row follows in the presence writer's next burst. Only a newcomer
+        // that must read the watchers from the store waits for its own row,
+        // so that it finds itself there.
+        let stored = {
             let mut known = lock(&ch.known);
-            match &recorded {
-                Ok(()) => {
-                    if let Some(p) = known.presence.as_mut() {
-                        p.join(me.clone());
-                    }
+            match known.presence.as_mut() {
+                Some(p) => {
+                    p.join(me.clone());
+                    None
                 }
-                Err(_) => known.own_notices -= 1,
+                None => Some(oneshot::channel()),
             }
-        }
-        if let Err(e) = recorded {
-            // Presence is advisory: the stream works without it.
-            tracing::warn!(error = %e, "could not record a watcher");
+        };
+        let (written, stored) = match stored {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
+        let _ = self
+            .inner
+            .presence
+            .send(presence::Change::Joined { record, written });
+        if let Some(stored) = stored {
+            let _ = stored.await;
         }
         // Read after subscribing: rows the hub broadcast before we joined
         // are at or below it.
@@ -365,16 +383,11 @@ impl Hub {
                     Ok(Notice::Summary { vault_id }) => {
                         summaries.insert(vault_id);
                     }
-                    Ok(Notice::Presence { vault_id }) => {
-                        if let Some(ch) = self.channel(&vault_id) {
-                            let mut known = lock(&ch.known);
-                            if known.own_notices > 0 {
-                                known.own_notices -= 1;
-                            } else {
-                                // Another replica's watcher came or went:
-                                // the next newcomer reads the store.
-                                known.presence = None;
-                            }
+                    Ok(Notice::Presence { vault_id, by }) => {
+                        if by.as_deref() != Some(self.replica_id()) {
+                            // Another replica's watcher came or went: the
+                            // next newcomer reads the store.
+                            self.forget_presence(&vault_id);
                         }
                         let _ = dirty.send(vault_id);
                     }
@@ -586,31 +599,20 @@ impl Drop for Subscription {
                     channels.remove(&self.vault_id);
                 }
                 Some(ch) => {
-                    if let Some(watcher) = &self.watcher {
-                        let mut known = lock(&ch.known);
-                        known.own_notices += 1;
-                        if let Some(p) = known.presence.as_mut() {
-                            p.leave(watcher);
-                        }
+                    if let Some(watcher) = &self.watcher
+                        && let Some(p) = lock(&ch.known).presence.as_mut()
+                    {
+                        p.leave(watcher);
                     }
                 }
                 None => {}
             }
         }
         // A listener that never showed in presence has nothing to remove.
-        let Some(conn) = self.conn_id else {
-            return;
-        };
-        let store = self.hub.inner.store.clone();
-        let replica = self.hub.inner.replica_id.clone();
-        let vault = std::mem::take(&mut self.vault_id);
-        // Presence cleanup is I/O; do it off the dropping thread. If the
-        // runtime is gone the heartbeat sweep removes the row later.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = store.remove_watcher(&replica, conn, &vault).await {
-                    tracing::warn!(error = %e, "could not remove a watcher");
-                }
+        if let Some(conn_id) = self.conn_id {
+            let _ = self.hub.inner.presence.send(presence::Change::Left {
+                conn_id,
+                vault_id: std::mem::take(&mut self.vault_id),
             });
         }
     }

@@ -352,18 +352,52 @@ async fn watchers_are_counted_and_withdrawn_with_their_replica(backend: Backend)
     let stale = Duration::from_secs(60);
     store.heartbeat("r1", stale).await.unwrap();
     store.heartbeat("r2", stale).await.unwrap();
-    for (replica, conn) in [("r1", 1), ("r1", 2), ("r2", 1)] {
-        store
-            .add_watcher(&WatcherRecord {
-                replica_id: replica.into(),
-                conn_id: conn,
-                vault_id: "v-w".into(),
-                atem_id: format!("{replica}-{conn}"),
-                client_id: "c".into(),
-            })
+    let watcher = |replica: &str, conn: i64, vault: &str| WatcherRecord {
+        replica_id: replica.into(),
+        conn_id: conn,
+        vault_id: vault.into(),
+        atem_id: format!("{replica}-{conn}"),
+        client_id: "c".into(),
+    };
+    let mut notices = store.notices();
+    // One call records a burst, over two vaults.
+    store
+        .update_watchers(
+            "r1",
+            &[
+                watcher("r1", 1, "v-w"),
+                watcher("r1", 2, "v-w"),
+                watcher("r1", 3, "v-x"),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut announced = Vec::new();
+    while announced.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), notices.recv())
             .await
-            .unwrap();
+            .expect("a presence notice")
+            .expect("open channel")
+        {
+            Notice::Presence { vault_id, by } => announced.push((vault_id, by)),
+            Notice::Resync => {}
+            other => panic!("unexpected {other:?}"),
+        }
     }
+    announced.sort();
+    assert_eq!(
+        announced,
+        vec![
+            ("v-w".to_string(), Some("r1".to_string())),
+            ("v-x".to_string(), Some("r1".to_string()))
+        ],
+        "each vault once, naming the replica"
+    );
+    store
+        .update_watchers("r2", &[watcher("r2", 1, "v-w")], &[])
+        .await
+        .unwrap();
     let (listed, count) = store.watchers("v-w", 2).await.unwrap();
     assert_eq!(count, 3);
     assert_eq!(
@@ -374,8 +408,17 @@ async fn watchers_are_counted_and_withdrawn_with_their_replica(backend: Backend)
         vec!["r1-1", "r1-2"],
         "oldest first, cut to the limit"
     );
-    store.remove_watcher("r1", 2, "v-w").await.unwrap();
-    assert_eq!(store.watchers("v-w", 10).await.unwrap().1, 2);
+    // Leaves name connections of their own replica only: r2's conn 1 stays.
+    store
+        .update_watchers("r1", &[watcher("r1", 4, "v-w")], &[1, 3])
+        .await
+        .unwrap();
+    let (listed, count) = store.watchers("v-w", 10).await.unwrap();
+    assert_eq!(count, 3);
+    let mut names: Vec<_> = listed.iter().map(|w| w.atem_id.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, vec!["r1-2", "r1-4", "r2-1"]);
+    assert_eq!(store.watchers("v-x", 10).await.unwrap().1, 0);
     store.forget_replica("r1").await.unwrap();
     let (listed, count) = store.watchers("v-w", 10).await.unwrap();
     assert_eq!(count, 1);

@@ -616,41 +616,38 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn add_watcher(&self, w: &WatcherRecord) -> StoreResult<()> {
-        // One statement (so one transaction and one round trip): every
-        // stream open pays for it.
+    async fn update_watchers(
+        &self,
+        replica_id: &str,
+        joined: &[WatcherRecord],
+        left: &[i64],
+    ) -> StoreResult<()> {
+        // One statement (so one transaction and one round trip) for a whole
+        // burst of opens and closes, with one notice per vault; the table is
+        // unlogged (migrations/0009), so the commit waits for no disk flush.
+        let conns: Vec<i64> = joined.iter().map(|w| w.conn_id).collect();
+        let vaults: Vec<&str> = joined.iter().map(|w| w.vault_id.as_str()).collect();
+        let atems: Vec<&str> = joined.iter().map(|w| w.atem_id.as_str()).collect();
+        let clients: Vec<&str> = joined.iter().map(|w| w.client_id.as_str()).collect();
         sqlx::query(
             "with added as (
                 insert into stream_watchers (replica_id, conn_id, vault_id, atem_id, client_id)
-                values ($1, $2, $3, $4, $5) returning vault_id)
-             select pg_notify($6, json_build_object('t', 'presence', 'v', vault_id)::text) from added",
-        )
-        .bind(&w.replica_id)
-        .bind(w.conn_id)
-        .bind(&w.vault_id)
-        .bind(&w.atem_id)
-        .bind(&w.client_id)
-        .bind(CHANNEL)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn remove_watcher(
-        &self,
-        replica_id: &str,
-        conn_id: i64,
-        _vault_id: &str,
-    ) -> StoreResult<()> {
-        // Announces only when a row really went away.
-        sqlx::query(
-            "with gone as (
-                delete from stream_watchers where replica_id = $1 and conn_id = $2
-                returning vault_id)
-             select pg_notify($3, json_build_object('t', 'presence', 'v', vault_id)::text) from gone",
+                select $1, c, v, a, cl from unnest($2::bigint[], $3::text[], $4::text[], $5::text[])
+                    as j(c, v, a, cl)
+                returning vault_id),
+             gone as (
+                delete from stream_watchers where replica_id = $1 and conn_id = any($6)
+                returning vault_id),
+             touched as (select vault_id from added union select vault_id from gone)
+             select pg_notify($7, json_build_object('t', 'presence', 'v', vault_id, 'r', $1::text)::text)
+             from touched",
         )
         .bind(replica_id)
-        .bind(conn_id)
+        .bind(&conns)
+        .bind(&vaults)
+        .bind(&atems)
+        .bind(&clients)
+        .bind(left)
         .bind(CHANNEL)
         .execute(&self.pool)
         .await?;
@@ -900,6 +897,7 @@ pub(crate) fn parse_notice(payload: &str) -> Option<Notice> {
         }),
         "presence" => Some(Notice::Presence {
             vault_id: text("v")?,
+            by: text("r"),
         }),
         "encryption" => Some(Notice::Encryption {
             work_session: text("w")?,
