@@ -130,7 +130,9 @@ pub async fn serve<T: Transport>(
     if let Some((code, _)) = end.close() {
         metrics.stream_closed(code);
     }
-    transport.finish(&end).await;
+    // Boxed: the goodbye's buffers are not part of every idle stream.
+    Box::pin(transport.finish(&end)).await;
+    crate::heap::churned();
 }
 
 async fn send<T: Transport>(t: &mut T, metrics: &Metrics, frame: &Frame) -> Result<(), End> {
@@ -178,7 +180,36 @@ pub(crate) fn revokes(r: &Revocation, principal: &Principal) -> bool {
     }
 }
 
+/// A stream past its greeting: what the live loop needs, and nothing more.
+struct Live {
+    sub: super::hub::Subscription,
+    vault_id: String,
+    principal: Principal,
+    cursor: i64,
+    expires_at: Option<DateTime<Utc>>,
+    ping_every: Duration,
+    metrics: Metrics,
+}
+
 async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<End, End> {
+    // The greeting (join, hello, replay) runs on the heap and is freed when
+    // it is done: a task's size is that of its largest state, and an idle
+    // stream should pay only for the live loop's.
+    let live = match Box::pin(greet(t, hub, req)).await? {
+        Ok(live) => live,
+        Err(end) => return Ok(end),
+    };
+    live_loop(t, hub, live).await
+}
+
+/// Joins the vault and greets the client: hello, presence, the encryption
+/// mode, an optional reset, the replay and `caught_up`. `Ok(Err(end))` when
+/// the stream ends before it goes live.
+async fn greet<T: Transport>(
+    t: &mut T,
+    hub: &Hub,
+    req: StreamRequest,
+) -> Result<Result<Live, End>, End> {
     let StreamRequest {
         vault,
         principal,
@@ -199,7 +230,7 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
         .await
         .map_err(|e| End::Fault(e.to_string()))?;
     let Joined {
-        mut sub,
+        sub,
         summary,
         head_seq,
         presence,
@@ -216,14 +247,14 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
     // Revocations announced between the credential check and the join.
     loop {
         match revocations.try_recv() {
-            Ok(r) if revokes(&r, &principal) => return Ok(End::Revoked),
+            Ok(r) if revokes(&r, &principal) => return Ok(Err(End::Revoked)),
             Ok(_) => {}
             Err(broadcast::error::TryRecvError::Lagged(_)) => {
                 if auth::still_valid(hub.store().as_ref(), &principal)
                     .await
                     .is_err()
                 {
-                    return Ok(End::Revoked);
+                    return Ok(Err(End::Revoked));
                 }
             }
             Err(_) => break,
@@ -241,12 +272,11 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
     drop(presence);
     // Read after joining: a change of mode from here on also arrives live.
     let mode = hub
-        .store()
-        .encryption_mode(&work_session)
+        .encryption_frame(&work_session)
         .await
         .map_err(|e| End::Fault(e.to_string()))?;
     drop(work_session);
-    send(t, &metrics, &frames::encryption(&mode)).await?;
+    send(t, &metrics, &mode).await?;
 
     let since = match (&client_epoch, since) {
         (Some(e), _) if *e != epoch => {
@@ -255,7 +285,7 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
         }
         (_, since) => since,
     };
-    let mut cursor = match since {
+    let cursor = match since {
         Some(since) => {
             let cursor = catch_up(t, &metrics, hub, &vault_id, since).await?;
             send(t, &metrics, &frames::caught_up(cursor)).await?;
@@ -264,6 +294,28 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
         None => head_seq,
     };
 
+    Ok(Ok(Live {
+        sub,
+        vault_id,
+        principal,
+        cursor,
+        expires_at,
+        ping_every,
+        metrics,
+    }))
+}
+
+/// Sends live rows until the stream ends.
+async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End, End> {
+    let Live {
+        mut sub,
+        vault_id,
+        principal,
+        mut cursor,
+        expires_at,
+        ping_every,
+        metrics,
+    } = live;
     let mut ping = tokio::time::interval(ping_every);
     ping.reset();
     // A link's stream ends when the link expires, to the moment.
@@ -306,7 +358,7 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
                             if auth::still_valid(hub.store().as_ref(), &principal).await.is_err() {
                                 return Ok(End::Revoked);
                             }
-                            cursor = catch_up(t, &metrics, hub, &vault_id, cursor).await?;
+                            cursor = Box::pin(catch_up(t, &metrics, hub, &vault_id, cursor)).await?;
                         }
                         Err(RecvError::Closed) => return Ok(End::Shutdown),
                     }

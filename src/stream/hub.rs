@@ -116,7 +116,22 @@ struct Inner {
     next_conn: AtomicI64,
     /// To the presence writer ([`presence::record`]).
     presence: tokio::sync::mpsc::UnboundedSender<presence::Change>,
+    modes: Mutex<ModeFrames>,
 }
+
+/// The `encryption` frame of each work session whose streams opened here
+/// lately, so a storm of opens reads each mode once. An entry goes when its
+/// mode's change is announced; `generation` moves with every change, so a
+/// read that raced a change is not remembered.
+#[derive(Default)]
+struct ModeFrames {
+    generation: u64,
+    by_session: HashMap<String, Frame>,
+}
+
+/// Work sessions whose `encryption` frame is kept at most; past it the
+/// cache starts over.
+const MAX_MODE_FRAMES: usize = 4096;
 
 /// The process's fan-out. Cheap to clone.
 #[derive(Clone)]
@@ -151,6 +166,7 @@ impl Hub {
                 revocations: broadcast::channel(256).0,
                 next_conn: AtomicI64::new(1),
                 presence: presence_tx,
+                modes: Mutex::new(ModeFrames::default()),
             }),
         };
         // Subscribe before returning so no notice after start-up is missed.
@@ -185,6 +201,40 @@ impl Hub {
     pub(crate) fn remember_presence(&self, vault_id: &str, presence: KnownPresence) {
         if let Some(ch) = self.channel(vault_id) {
             lock(&ch.known).presence = Some(presence);
+        }
+    }
+
+    /// The `encryption` frame of a work session's current mode, for a
+    /// newcomer that has joined its vault's channel (a later change reaches
+    /// it live).
+    pub(crate) async fn encryption_frame(&self, work_session: &str) -> Result<Frame, StoreError> {
+        let generation = {
+            let modes = lock(&self.inner.modes);
+            if let Some(frame) = modes.by_session.get(work_session) {
+                return Ok(frame.clone());
+            }
+            modes.generation
+        };
+        let frame = frames::encryption(&self.inner.store.encryption_mode(work_session).await?);
+        let mut modes = lock(&self.inner.modes);
+        if modes.generation == generation {
+            if modes.by_session.len() >= MAX_MODE_FRAMES {
+                modes.by_session.clear();
+            }
+            modes
+                .by_session
+                .insert(work_session.to_string(), frame.clone());
+        }
+        Ok(frame)
+    }
+
+    /// Forgets the cached modes of these work sessions (`None`: of all).
+    fn forget_modes(&self, work_sessions: Option<&HashSet<String>>) {
+        let mut modes = lock(&self.inner.modes);
+        modes.generation += 1;
+        match work_sessions {
+            Some(set) => modes.by_session.retain(|ws, _| !set.contains(ws)),
+            None => modes.by_session.clear(),
         }
     }
 
@@ -402,12 +452,19 @@ impl Hub {
                         }
                     }
                     Ok(Notice::Encryption { work_session }) => {
+                        self.forget_modes(Some(&HashSet::from([work_session.clone()])));
                         modes.insert(work_session);
                     }
-                    Ok(Notice::Resync) => resync = true,
+                    Ok(Notice::Resync) => {
+                        self.forget_modes(None);
+                        resync = true;
+                    }
                     // Lagged (or a retry tick): we may have missed notices,
                     // so every watched vault re-reads from its cursor.
-                    Err(RecvError::Lagged(_)) => resync = true,
+                    Err(RecvError::Lagged(_)) => {
+                        self.forget_modes(None);
+                        resync = true;
+                    }
                     Err(RecvError::Closed) => return,
                 }
                 folded += 1;

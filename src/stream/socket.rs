@@ -25,8 +25,11 @@ use super::upgrade::Socket;
 use crate::metrics;
 
 /// Frames larger than this go out in fragments of this size, so no socket's
-/// write buffer grows past it (buffers never shrink while a socket lives).
-const FRAGMENT_BYTES: usize = 8 * 1024;
+/// write buffer grows much past it (buffers never shrink while a socket
+/// lives, and ten thousand idle streams each keep theirs). A presence frame
+/// that lists a hundred watchers (about 4 KiB) goes out in pieces; a burst
+/// of entry frames still goes out in a few writes.
+const FRAGMENT_BYTES: usize = 1024;
 /// Most unsent bytes a socket holds, pongs included.
 pub const MAX_OUTGOING_BYTES: usize = 256 * 1024;
 /// Largest message a client may send.
