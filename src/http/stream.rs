@@ -140,7 +140,7 @@ async fn open(
     headers: &HeaderMap,
     q: StreamQuery,
     last_event_id: Option<&str>,
-) -> Result<StreamRequest, ApiError> {
+) -> Result<Box<StreamRequest>, ApiError> {
     // Listen before checking: a revocation after the check below reaches
     // the stream, one before it fails the check.
     let revocations = state.hub.revocations();
@@ -159,7 +159,9 @@ async fn open(
     };
     let vault = access::vault_for(state.store.as_ref(), &caller, vault_id, Action::Read).await?;
     let atem_id = sanitize_atem_id(raw_atem_id(uri).unwrap_or(""));
-    Ok(StreamRequest {
+    // Boxed: it passes through every layer of the stream's task, and each
+    // layer would otherwise keep room for a copy for the stream's lifetime.
+    Ok(Box::new(StreamRequest {
         vault,
         principal: caller.principal,
         client_id: caller.client_id,
@@ -170,7 +172,7 @@ async fn open(
         revocations,
         ping_every: state.settings.stream_ping,
         metrics: state.metrics.clone(),
-    })
+    }))
 }
 
 /// Upgrades to a WebSocket carrying the vault's rows as they commit (frames

@@ -111,7 +111,7 @@ pub trait Transport: Send {
 pub async fn serve<T: Transport>(
     mut transport: T,
     hub: Hub,
-    req: StreamRequest,
+    req: Box<StreamRequest>,
     shutdown: Shutdown,
 ) {
     let vault_id = req.vault.id.clone();
@@ -191,7 +191,7 @@ struct Live {
     metrics: Metrics,
 }
 
-async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<End, End> {
+async fn run<T: Transport>(t: &mut T, hub: &Hub, req: Box<StreamRequest>) -> Result<End, End> {
     // The greeting (join, hello, replay) runs on the heap and is freed when
     // it is done: a task's size is that of its largest state, and an idle
     // stream should pay only for the live loop's.
@@ -208,7 +208,7 @@ async fn run<T: Transport>(t: &mut T, hub: &Hub, req: StreamRequest) -> Result<E
 async fn greet<T: Transport>(
     t: &mut T,
     hub: &Hub,
-    req: StreamRequest,
+    req: Box<StreamRequest>,
 ) -> Result<Result<Live, End>, End> {
     let StreamRequest {
         vault,
@@ -221,7 +221,7 @@ async fn greet<T: Transport>(
         mut revocations,
         ping_every,
         metrics,
-    } = req;
+    } = *req;
     let epoch = hub.store().epoch();
     // Join first, then read: anything committed from here on is either in
     // the replay or arrives live, and duplicates are dropped by seq.
