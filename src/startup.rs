@@ -131,6 +131,9 @@ impl Application {
             metrics,
             long_polls: crate::polling::LongPolls::new(config.long_poll_max),
             limits,
+            stream_opens: Arc::new(tokio::sync::Semaphore::new(crate::state::open_slots(
+                &config,
+            ))),
         };
         let connection_limits = ConnectionLimits {
             header_timeout: secs_or_off(config.http_header_timeout_secs),

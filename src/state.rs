@@ -78,4 +78,22 @@ pub struct AppState {
     pub long_polls: crate::polling::LongPolls,
     /// The rate limits ([`crate::limits`]).
     pub limits: Arc<Limits>,
+    /// Stream opens that may be checking their request at once (see
+    /// [`open_slots`]).
+    pub stream_opens: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many stream opens may run their checks (credential, vault) at once.
+/// A reconnect storm is ten thousand opens at once: unbounded, they queue
+/// for every database connection and every worker ahead of the REST
+/// requests that arrive meanwhile. With Postgres they get five eighths of
+/// the pool (10 of the default 16), so the rest is always free for
+/// everything else (REST, the write batch, presence); with the memory
+/// store a few at a time keep the workers' queues short without slowing
+/// the storm, whose work is all on the CPU.
+pub fn open_slots(config: &Config) -> usize {
+    match config.database_url {
+        Some(_) => (config.database_max_connections as usize * 5 / 8).max(1),
+        None => 16,
+    }
 }

@@ -141,6 +141,13 @@ async fn open(
     q: StreamQuery,
     last_event_id: Option<&str>,
 ) -> Result<Box<StreamRequest>, ApiError> {
+    // Opens take turns with their checks (state::open_slots); the permit
+    // goes when the checks are done.
+    let _turn = state
+        .stream_opens
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("the relay is shutting down".into()))?;
     // Listen before checking: a revocation after the check below reaches
     // the stream, one before it fails the check.
     let revocations = state.hub.revocations();

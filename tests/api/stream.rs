@@ -534,3 +534,41 @@ async fn a_reader_that_never_reads_does_not_delay_others_and_is_cut_loose(backen
         "it did not get everything queued for it ({frames} frames)"
     );
 }
+
+/// Stream opens take turns with their checks (a share of the database pool,
+/// here one connection of two): a crowd opening at once all get their
+/// hello, none waits for ever behind another, and a REST read made in the
+/// middle of the crowd is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_opens_takes_turns_and_every_open_gets_its_hello() {
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with(Backend::Postgres, |c| c.database_max_connections = 2).await,
+    );
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    app.write(&v, &s, "c", "before the crowd", None).await;
+    let crowd: Vec<_> = (0..30)
+        .map(|i| {
+            let (app, s, v) = (app.clone(), s.clone(), v.clone());
+            tokio::spawn(async move {
+                let mut stream = app.open_stream(&v, &s, &format!("c{i}"), "").await;
+                let hello = stream.next_frame().await;
+                (hello, stream)
+            })
+        })
+        .collect();
+    let read = app.read(&v, &s, "c", "").await;
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0]["content"], "before the crowd", "{read:?}");
+    let mut streams = Vec::new();
+    for open in crowd {
+        let (hello, stream) = tokio::time::timeout(Duration::from_secs(30), open)
+            .await
+            .expect("every open gets its turn")
+            .unwrap();
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["vault_id"], v.as_str());
+        streams.push(stream);
+    }
+    assert_eq!(streams.len(), 30);
+}
