@@ -53,6 +53,25 @@ pub async fn vault_for(
     vault_id: &str,
     action: Action,
 ) -> Result<Vault, ApiError> {
+    unreadable_id(caller, vault_id)?;
+    let vault = store.vault(vault_id).await?;
+    judge(caller, vault, action)
+}
+
+/// [`vault_for`] on a vault the caller already read (with its credential,
+/// in one look-up): the same answers.
+pub fn vault_given(
+    caller: &Caller,
+    vault_id: &str,
+    read: Option<Vault>,
+    action: Action,
+) -> Result<Vault, ApiError> {
+    unreadable_id(caller, vault_id)?;
+    judge(caller, read.filter(|v| v.id == vault_id), action)
+}
+
+/// Ids no caller may look up: 404 before any store read.
+fn unreadable_id(caller: &Caller, vault_id: &str) -> Result<(), ApiError> {
     // A link names one vault; answer the same 404 for every other id so a
     // link cannot be used to probe for vaults.
     if let Principal::Link {
@@ -65,10 +84,11 @@ pub async fn vault_for(
     if !crate::secrets::is_plain_id(vault_id) {
         return Err(ApiError::NotFound("no such vault".into()));
     }
-    let vault = store
-        .vault(vault_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such vault".into()))?;
+    Ok(())
+}
+
+fn judge(caller: &Caller, vault: Option<Vault>, action: Action) -> Result<Vault, ApiError> {
+    let vault = vault.ok_or_else(|| ApiError::NotFound("no such vault".into()))?;
     if allows(caller, &vault, action) {
         Ok(vault)
     } else {

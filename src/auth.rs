@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiQuery};
 use crate::limits::ClientAddr;
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::{Astation, SessionRecord, SessionState, Store};
+use crate::store::{Astation, SessionRecord, SessionState, Store, Vault};
 
 /// Wrong one-time codes a pending session tolerates before it is denied.
 pub const MAX_WRONG_CODES: i32 = 5;
@@ -108,9 +108,15 @@ pub async fn session_principal(
     store: &dyn Store,
     session_hash: &str,
 ) -> Result<Principal, ApiError> {
-    let record = store
-        .session(session_hash)
-        .await?
+    principal_of_record(session_hash, store.session(session_hash).await?)
+}
+
+/// The principal of a session record as read, or why it cannot be used.
+fn principal_of_record(
+    session_hash: &str,
+    record: Option<SessionRecord>,
+) -> Result<Principal, ApiError> {
+    let record = record
         .ok_or_else(|| ApiError::WrongSecret("unknown session; pair again to get one".into()))?;
     usable_session(&record)?;
     let work_session = record
@@ -204,6 +210,38 @@ pub async fn principal_from_headers(
             "vault routes take `Authorization: session <session_id>`, not a bearer token".into(),
         )),
     }
+}
+
+/// The principal from the `Authorization` header, as
+/// [`principal_from_headers`], and the vault `vault_id` as the store has it
+/// (`None` when there is none, or when the id is not one a vault can
+/// have): with a session credential both come from one store look-up.
+/// Judge the vault with [`crate::access::vault_given`].
+pub async fn principal_and_vault(
+    state: &AppState,
+    addr: ClientAddr,
+    headers: &HeaderMap,
+    vault_id: &str,
+) -> Result<(Principal, Option<Vault>), ApiError> {
+    let store = state.store.as_ref();
+    let plain = crate::secrets::is_plain_id(vault_id);
+    if let Ok(Some(Credential::Session(id))) = credential(headers)
+        && plain
+    {
+        let hash = secrets::hash(id);
+        let looked_up = async {
+            let (record, vault) = store.session_and_vault(&hash, vault_id).await?;
+            Ok((principal_of_record(&hash, record)?, vault))
+        };
+        return state.limits.guard_credential(addr, looked_up).await;
+    }
+    let principal = principal_from_headers(state, addr, headers).await?;
+    let vault = if plain {
+        store.vault(vault_id).await?
+    } else {
+        None
+    };
+    Ok((principal, vault))
 }
 
 /// The client id from `?id=`, checked.

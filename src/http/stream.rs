@@ -24,7 +24,7 @@ use crate::identity::sanitize_atem_id;
 use crate::limits::ClientAddr;
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::StreamTicket;
+use crate::store::{StreamTicket, Vault};
 use crate::stream::flow::{self, StreamRequest};
 use crate::stream::socket::{self, SocketLimits, WebSocket};
 use crate::stream::sse;
@@ -74,25 +74,28 @@ fn raw_atem_id(uri: &axum::http::Uri) -> Option<&str> {
 
 /// The stream's principal and client id: from a ticket (which names both)
 /// or from the `Authorization` header and `?id=`, under the
-/// failed-authentication limit of `addr`.
+/// failed-authentication limit of `addr`; with the vault when it was read
+/// in the same look-up (a session header: one store round trip for both).
 async fn principal(
     state: &AppState,
     addr: ClientAddr,
     vault_id: &str,
     q: &StreamQuery,
     headers: &HeaderMap,
-) -> Result<(Principal, String), ApiError> {
+) -> Result<(Principal, String, Option<Option<Vault>>), ApiError> {
     let Some(ticket) = q.ticket.as_deref() else {
-        let principal = auth::principal_from_headers(state, addr, headers).await?;
-        return Ok((principal, auth::validate_client_id(q.id.as_deref())?));
+        let (principal, vault) = auth::principal_and_vault(state, addr, headers, vault_id).await?;
+        let client_id = auth::validate_client_id(q.id.as_deref())?;
+        return Ok((principal, client_id, Some(vault)));
     };
-    state
+    let (principal, client_id) = state
         .limits
         .guard_credential(
             addr,
             ticket_principal(state, vault_id, ticket, q.id.as_deref()),
         )
-        .await
+        .await?;
+    Ok((principal, client_id, None))
 }
 
 /// Spends a ticket: valid for its vault and its client id only (a ticket
@@ -151,7 +154,7 @@ async fn open(
     // Listen before checking: a revocation after the check below reaches
     // the stream, one before it fails the check.
     let revocations = state.hub.revocations();
-    let (principal, client_id) = principal(state, addr, vault_id, &q, headers).await?;
+    let (principal, client_id, read) = principal(state, addr, vault_id, &q, headers).await?;
     let since = last_event_id
         .or(q.since.as_deref())
         .map(|s| parse_since(Some(s)))
@@ -164,7 +167,10 @@ async fn open(
         principal,
         client_id,
     };
-    let vault = access::vault_for(state.store.as_ref(), &caller, vault_id, Action::Read).await?;
+    let vault = match read {
+        Some(read) => access::vault_given(&caller, vault_id, read, Action::Read)?,
+        None => access::vault_for(state.store.as_ref(), &caller, vault_id, Action::Read).await?,
+    };
     let atem_id = sanitize_atem_id(raw_atem_id(uri).unwrap_or(""));
     // Boxed: it passes through every layer of the stream's task, and each
     // layer would otherwise keep room for a copy for the stream's lifetime.

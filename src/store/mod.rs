@@ -38,7 +38,7 @@ pub struct Entry {
 }
 
 /// A vault's mutable header.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Vault {
     pub id: String,
     pub summary: String,
@@ -159,7 +159,7 @@ impl SessionState {
 }
 
 /// A session, keyed by the hash of its id.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionRecord {
     pub id_hash: String,
     pub hostname: String,
@@ -413,6 +413,15 @@ pub trait Store: Send + Sync + 'static {
     /// whose pairing ended before `before`.
     async fn purge_unpaired_sessions(&self, before: DateTime<Utc>) -> StoreResult<()>;
     async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    /// A session and a vault together, for a request that needs both
+    /// before anything else (a stream open): one round trip on Postgres.
+    async fn session_and_vault(
+        &self,
+        id_hash: &str,
+        vault_id: &str,
+    ) -> StoreResult<(Option<SessionRecord>, Option<Vault>)> {
+        Ok((self.session(id_hash).await?, self.vault(vault_id).await?))
+    }
     /// Moves a session from `from` to `to` (binding `astation_id` when given);
     /// false when it was not in `from`.
     async fn transition_session(

@@ -26,6 +26,7 @@ both_stores!(
     links_are_found_by_secret_hash_and_revoked_once,
     watchers_are_counted_and_withdrawn_with_their_replica,
     removing_an_astation_revokes_its_sessions,
+    a_session_and_a_vault_are_read_together_as_each_alone,
 );
 
 /// A fresh store of the given kind (and the database behind it, if any).
@@ -456,4 +457,33 @@ async fn removing_an_astation_revokes_its_sessions(backend: Backend) {
         store.delete_astation("a-x").await,
         Err(StoreError::AstationNotFound)
     ));
+}
+
+async fn a_session_and_a_vault_are_read_together_as_each_alone(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let store = store.as_ref();
+    vault(store, "v-sv").await;
+    store.write_entry(append("v-sv", "x")).await.unwrap();
+    let mut granted = session("h-sv", SessionState::Granted);
+    granted.astation_id = Some("a-home".into());
+    store.insert_session(&granted).await.unwrap();
+    let alone = (
+        store.session("h-sv").await.unwrap(),
+        store.vault("v-sv").await.unwrap(),
+    );
+    assert!(alone.0.is_some() && alone.1.is_some());
+    let together = store.session_and_vault("h-sv", "v-sv").await.unwrap();
+    assert_eq!(together.0, alone.0);
+    assert_eq!(together.1, alone.1);
+    assert_eq!(together.1.as_ref().unwrap().head_seq, 1);
+    let (s, v) = store.session_and_vault("h-none", "v-sv").await.unwrap();
+    assert!(s.is_none());
+    assert_eq!(v, alone.1);
+    let (s, v) = store.session_and_vault("h-sv", "v-none").await.unwrap();
+    assert_eq!(s, alone.0);
+    assert!(v.is_none());
+    assert_eq!(
+        store.session_and_vault("h-none", "v-none").await.unwrap(),
+        (None, None)
+    );
 }

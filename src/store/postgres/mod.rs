@@ -185,14 +185,20 @@ fn entry_from_row(row: &PgRow) -> Result<Entry, sqlx::Error> {
 }
 
 fn vault_from_row(row: &PgRow) -> Result<Vault, sqlx::Error> {
+    vault_from_columns(row, "")
+}
+
+/// A vault from columns named `{prefix}id`, `{prefix}summary`, ...
+fn vault_from_columns(row: &PgRow, prefix: &str) -> Result<Vault, sqlx::Error> {
+    let col = |name: &str| format!("{prefix}{name}");
     Ok(Vault {
-        id: row.try_get("id")?,
-        summary: row.try_get("summary")?,
-        work_session: row.try_get("work_session")?,
-        creator: row.try_get("creator")?,
-        created_at: row.try_get("created_at")?,
-        writers: row.try_get("writers")?,
-        head_seq: row.try_get("head_seq")?,
+        id: row.try_get(col("id").as_str())?,
+        summary: row.try_get(col("summary").as_str())?,
+        work_session: row.try_get(col("work_session").as_str())?,
+        creator: row.try_get(col("creator").as_str())?,
+        created_at: row.try_get(col("created_at").as_str())?,
+        writers: row.try_get(col("writers").as_str())?,
+        head_seq: row.try_get(col("head_seq").as_str())?,
     })
 }
 
@@ -532,6 +538,34 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn session_and_vault(
+        &self,
+        id_hash: &str,
+        vault_id: &str,
+    ) -> StoreResult<(Option<SessionRecord>, Option<Vault>)> {
+        let row = sqlx::query(
+            "select s.*, v.id as v_id, v.summary as v_summary, v.work_session as v_work_session,
+                    v.creator as v_creator, v.created_at as v_created_at,
+                    v.writers as v_writers, v.head_seq as v_head_seq
+             from (select 1) as one
+             left join sessions s on s.id_hash = $1
+             left join vaults v on v.id = $2",
+        )
+        .bind(id_hash)
+        .bind(vault_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let session = match row.try_get::<Option<String>, _>("id_hash")? {
+            Some(_) => Some(session_from_row(&row)?),
+            None => None,
+        };
+        let vault = match row.try_get::<Option<String>, _>("v_id")? {
+            Some(_) => Some(vault_from_columns(&row, "v_")?),
+            None => None,
+        };
+        Ok((session, vault))
     }
 
     async fn transition_session(
