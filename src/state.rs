@@ -85,15 +85,15 @@ pub struct AppState {
 
 /// How many stream opens may run their checks (credential, vault) at once.
 /// A reconnect storm is ten thousand opens at once: unbounded, they queue
-/// for every database connection and every worker ahead of the REST
-/// requests that arrive meanwhile. With Postgres they get five eighths of
-/// the pool (10 of the default 16), so the rest is always free for
-/// everything else (REST, the write batch, presence); with the memory
-/// store a few at a time keep the workers' queues short without slowing
-/// the storm, whose work is all on the CPU.
+/// for every database connection ahead of the REST requests and writes that
+/// arrive meanwhile. With Postgres they may hold all of the pool but two
+/// connections, so something else never waits for the pool behind them;
+/// the memory store has no pool to share, and no bound.
 pub fn open_slots(config: &Config) -> usize {
     match config.database_url {
-        Some(_) => (config.database_max_connections as usize * 5 / 8).max(1),
-        None => 16,
+        Some(_) => (config.database_max_connections as usize)
+            .saturating_sub(2)
+            .max(1),
+        None => tokio::sync::Semaphore::MAX_PERMITS,
     }
 }
