@@ -25,11 +25,9 @@ comment on table encryption_modes is 'Encryption mode and current key id per wor
 -- src/encryption/envelope.rs, which uses the base64 crate's STANDARD engine.
 create function encryption_payload_ok(p text) returns boolean
 language sql immutable parallel safe
-as $$
-    select length(p) >= 56
-       and p ~ '^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)?$'
-       and length(p) / 4 * 3 - (length(p) - length(rtrim(p, '='))) >= 40
-$$;
+return length(p) >= 56
+   and p ~ '^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)?$'
+   and length(p) / 4 * 3 - (length(p) - length(rtrim(p, '='))) >= 40;
 comment on function encryption_payload_ok(text) is 'Whether an envelope payload is strict padded base64 of at least 40 bytes (src/encryption/envelope.rs).';
 
 -- The shape of a value: 'empty', 'plain' (not starting with e1.),
@@ -37,16 +35,14 @@ comment on function encryption_payload_ok(text) is 'Whether an envelope payload 
 -- well-formed envelope. Mirrors src/encryption/envelope.rs::shape.
 create function encryption_shape(p_value text) returns text
 language sql immutable parallel safe
-as $$
-    select case
-        when p_value = '' then 'empty'
-        when left(p_value, 3) <> 'e1.' then 'plain'
-        when substr(p_value, 4, 8) ~ '^[0-9a-f]{8}$'
-             and substr(p_value, 12, 1) = '.'
-             and encryption_payload_ok(substr(p_value, 13)) then substr(p_value, 4, 8)
-        else 'malformed'
-    end
-$$;
+return case
+    when p_value = '' then 'empty'
+    when left(p_value, 3) <> 'e1.' then 'plain'
+    when substr(p_value, 4, 8) ~ '^[0-9a-f]{8}$'
+         and substr(p_value, 12, 1) = '.'
+         and encryption_payload_ok(substr(p_value, 13)) then substr(p_value, 4, 8)
+    else 'malformed'
+end;
 comment on function encryption_shape(text) is 'empty | plain | malformed | the kid of a well-formed envelope (src/encryption/envelope.rs::shape).';
 
 -- How a value of shape p_shape counts against the current kid (null in
@@ -55,21 +51,17 @@ comment on function encryption_shape(text) is 'empty | plain | malformed | the k
 -- src/encryption/envelope.rs::classify.
 create function encryption_shape_class(p_shape text, p_kid text) returns text
 language sql immutable parallel safe
-as $$
-    select case
-        when p_shape = 'empty' then 'empty'
-        when p_shape = 'plain' then 'plaintext'
-        when p_shape = p_kid then 'ciphertext'
-        else 'obsolete'
-    end
-$$;
+return case
+    when p_shape = 'empty' then 'empty'
+    when p_shape = 'plain' then 'plaintext'
+    when p_shape = p_kid then 'ciphertext'
+    else 'obsolete'
+end;
 comment on function encryption_shape_class(text, text) is 'empty | plaintext | ciphertext | obsolete of a shape, against the current kid.';
 
 create function encryption_field_class(p_value text, p_kid text) returns text
 language sql immutable parallel safe
-as $$
-    select encryption_shape_class(encryption_shape(p_value), p_kid)
-$$;
+return encryption_shape_class(encryption_shape(p_value), p_kid);
 comment on function encryption_field_class(text, text) is 'empty | plaintext | ciphertext | obsolete of a value, against the current kid (src/encryption/envelope.rs::classify).';
 
 -- Every stored value keeps its shape beside it, computed once when it is
@@ -109,7 +101,8 @@ comment on function encryption_mode_shared(text) is 'The work session''s encrypt
 -- or ciphertext. Empty values take no lock: they are never counted. Call it
 -- inside the write's transaction, after locking the vault row; the mode
 -- row stays locked FOR SHARE until that transaction ends. The batched
--- write path (vault_write_batch, 0006) calls it once per item.
+-- write path (vault_write_batch, 0006) applies the same rules to each item
+-- after locking its mode rows once per batch.
 create function encryption_refusal(p_work_session text, p_value text) returns text
 language plpgsql
 as $$

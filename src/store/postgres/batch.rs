@@ -4,7 +4,7 @@
 //! One writer task per process owns the batch ([`Batcher`]). It waits for
 //! the first write, takes whatever else is already queued (up to
 //! [`MAX_BATCH`]), commits them with one call of `vault_write_batch`
-//! (migrations/0006 and 0008: one statement, so one transaction and one
+//! (migrations/0006: one statement, so one transaction and one
 //! round trip, with one NOTIFY) and answers each caller on its own oneshot,
 //! after the commit. There is no timer: an idle relay's lone write goes at
 //! once, and under load batches grow by themselves while the previous one

@@ -1,5 +1,5 @@
 //! The SQL of idempotency keys (migrations/0005_idempotency_keys.sql; the
-//! claim is `idempotency_claim`, migrations/0008).
+//! claim is `idempotency_claim`, migrations/0006).
 //!
 //! A keyed write runs [`claim`], the write itself and [`record`] in one
 //! transaction, so the key and the row it stands for commit together or not
@@ -19,7 +19,7 @@ pub async fn claim(
     tx: &mut Transaction<'_, Postgres>,
     claim: &IdempotencyClaim,
 ) -> StoreResult<Option<PriorResponse>> {
-    // The claim's SQL is one function (migrations/0008), shared with the
+    // The claim's SQL is one function (migrations/0006), shared with the
     // batched writes.
     let row = sqlx::query(
         "select o_prior_fingerprint, o_prior_response from idempotency_claim($1, $2, $3, $4, $5)",
