@@ -31,11 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ms, percentile, thousands};
+use common::{field_str, ms, percentile, send_json, thousands};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -1341,23 +1341,6 @@ impl Api {
             tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
         Ok(ws)
     }
-}
-
-async fn send_json(request: reqwest::RequestBuilder) -> Result<Value> {
-    let response = request.send().await?;
-    let status = response.status();
-    let body = response.text().await?;
-    if !status.is_success() {
-        return Err(format!("the relay answered {status}: {body}").into());
-    }
-    Ok(serde_json::from_str(&body)?)
-}
-
-fn field_str(v: &Value, field: &str) -> Result<String> {
-    v[field]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("no `{field}` in {v}").into())
 }
 
 /// The next text frame; a close or a dropped socket is an error.

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ms, percentile, thousands};
+use common::{field_str, ms, percentile, send_json, thousands};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -591,23 +591,6 @@ async fn bench_session(http: &reqwest::Client, base: &str) -> Result<String> {
     )
     .await?;
     field_str(&session, "id")
-}
-
-async fn send_json(request: reqwest::RequestBuilder) -> Result<Value> {
-    let response = request.send().await?;
-    let status = response.status();
-    let body = response.text().await?;
-    if !status.is_success() {
-        return Err(format!("the relay answered {status}: {body}").into());
-    }
-    Ok(serde_json::from_str(&body)?)
-}
-
-fn field_str(v: &Value, field: &str) -> Result<String> {
-    v[field]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("no `{field}` in {v}").into())
 }
 
 // ---------------------------------------------------------------------------

@@ -1,4 +1,29 @@
-//! Helpers both benchmarks use to summarize and print their figures.
+//! Helpers both benchmarks use: talking to the relay's JSON API, and
+//! summarizing and printing their figures.
+
+use serde_json::Value;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Sends a request and parses its JSON answer; any status but 2xx is an
+/// error that quotes the body.
+pub async fn send_json(request: reqwest::RequestBuilder) -> Result<Value> {
+    let response = request.send().await?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        return Err(format!("the relay answered {status}: {body}").into());
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// A string field of a JSON answer.
+pub fn field_str(v: &Value, field: &str) -> Result<String> {
+    v[field]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no `{field}` in {v}").into())
+}
 
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {

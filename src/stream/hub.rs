@@ -228,12 +228,14 @@ impl Hub {
         Ok(frame)
     }
 
-    /// Forgets the cached modes of these work sessions (`None`: of all).
-    fn forget_modes(&self, work_sessions: Option<&HashSet<String>>) {
+    /// Forgets the cached mode of a work session (`None`: of all).
+    fn forget_modes(&self, work_session: Option<&str>) {
         let mut modes = lock(&self.inner.modes);
         modes.generation += 1;
-        match work_sessions {
-            Some(set) => modes.by_session.retain(|ws, _| !set.contains(ws)),
+        match work_session {
+            Some(ws) => {
+                modes.by_session.remove(ws);
+            }
             None => modes.by_session.clear(),
         }
     }
@@ -452,19 +454,13 @@ impl Hub {
                         }
                     }
                     Ok(Notice::Encryption { work_session }) => {
-                        self.forget_modes(Some(&HashSet::from([work_session.clone()])));
+                        self.forget_modes(Some(&work_session));
                         modes.insert(work_session);
                     }
-                    Ok(Notice::Resync) => {
-                        self.forget_modes(None);
-                        resync = true;
-                    }
+                    Ok(Notice::Resync) => resync = true,
                     // Lagged (or a retry tick): we may have missed notices,
                     // so every watched vault re-reads from its cursor.
-                    Err(RecvError::Lagged(_)) => {
-                        self.forget_modes(None);
-                        resync = true;
-                    }
+                    Err(RecvError::Lagged(_)) => resync = true,
                     Err(RecvError::Closed) => return,
                 }
                 folded += 1;
@@ -479,6 +475,8 @@ impl Hub {
                 }
             }
             if resync {
+                // A missed notice may have been a change of mode.
+                self.forget_modes(None);
                 for v in self.watched_vaults() {
                     let _ = dirty.send(v.clone());
                     summaries.insert(v.clone());
