@@ -35,7 +35,7 @@ use common::{field_str, ms, percentile, send_json, thousands};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, BoxError>;
@@ -48,6 +48,24 @@ const ADMIN_TOKEN: &str = "adm-bench-writes";
 const ENTRY_BYTES: usize = 200;
 /// Concurrent writers of each figure.
 const WRITERS: [usize; 3] = [1, 8, 32];
+
+/// The writer counts to measure: `BENCH_WRITERS` (comma-separated) when
+/// set, to look at one figure closely, otherwise all of [`WRITERS`].
+fn chosen_writers() -> Result<Vec<usize>> {
+    match std::env::var("BENCH_WRITERS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|w| {
+                w.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&w| w > 0)
+                    .ok_or_else(|| format!("BENCH_WRITERS: `{w}` is not a writer count").into())
+            })
+            .collect(),
+        _ => Ok(WRITERS.to_vec()),
+    }
+}
 
 /// The targets, as ratios of relay over raw throughput, by writer count.
 fn target_ratio(writers: usize) -> Option<f64> {
@@ -97,6 +115,7 @@ struct Plan {
 const USAGE: &str = "usage: cargo bench --bench writes [-- --quick]
   --quick  short windows, a smoke test
   BENCH_DATABASE_URL=postgres://USER:PASSWORD@HOST/DB  required: a role that may create databases
+  BENCH_WRITERS=1,8  only these writer counts (default: 1,8,32)
   scripts/bench [--quick]  runs this and the stream benchmark";
 
 fn main() -> ExitCode {
@@ -223,7 +242,7 @@ async fn run(server: &str, plan: &Plan, quick: bool) -> Result<()> {
 
     let text = entry_text();
     let mut failed = false;
-    for writers in WRITERS {
+    for writers in chosen_writers()? {
         let raw_db = ScratchDb::create(server, &mut admin).await?;
         let relay_db = ScratchDb::create(server, &mut admin).await?;
         let outcome = measure(&raw_db.url, &relay_db.url, writers, plan, &text).await;
@@ -419,9 +438,11 @@ async fn measure(
     Ok((relay_total, raw_total))
 }
 
-/// The baseline: a pool with one connection per writer, a vault each.
+/// The baseline: one connection per writer, held for the whole run (so no
+/// pool checks it between appends), and a vault each.
 struct RawSide {
     pool: PgPool,
+    connections: Vec<Arc<tokio::sync::Mutex<PgConnection>>>,
     vaults: Vec<String>,
     text: String,
 }
@@ -447,8 +468,14 @@ impl RawSide {
             .await?;
             vaults.push(id);
         }
+        let mut connections = Vec::new();
+        for _ in 0..writers {
+            let conn = pool.acquire().await?.detach();
+            connections.push(Arc::new(tokio::sync::Mutex::new(conn)));
+        }
         Ok(RawSide {
             pool,
+            connections,
             vaults,
             text: text.to_string(),
         })
@@ -461,11 +488,11 @@ impl RawSide {
             .iter()
             .enumerate()
             .map(|(i, vault)| {
-                let (pool, window) = (self.pool.clone(), window.clone());
+                let (conn, window) = (self.connections[i].clone(), window.clone());
                 let (vault, text) = (vault.clone(), self.text.clone());
                 let writer = format!("bench-w{i}");
                 tokio::spawn(window.drive(move || {
-                    append_raw(pool.clone(), vault.clone(), writer.clone(), text.clone())
+                    append_raw(conn.clone(), vault.clone(), writer.clone(), text.clone())
                 }))
             })
             .collect();
@@ -474,12 +501,17 @@ impl RawSide {
     }
 }
 
-async fn append_raw(pool: PgPool, vault: String, writer: String, text: String) -> Result<()> {
+async fn append_raw(
+    conn: Arc<tokio::sync::Mutex<PgConnection>>,
+    vault: String,
+    writer: String,
+    text: String,
+) -> Result<()> {
     sqlx::query("select out_seq from bench_append($1, $2, $3)")
         .bind(&vault)
         .bind(&writer)
         .bind(&text)
-        .fetch_one(&pool)
+        .fetch_one(&mut *conn.lock().await)
         .await?;
     Ok(())
 }

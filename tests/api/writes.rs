@@ -547,3 +547,68 @@ async fn writes_are_acknowledged_only_after_their_batch_commits() {
     assert_eq!(stored.len(), 36, "{answers:?}");
     assert_log_is_consistent(&app.read(&v, &s, "c", "history=true").await);
 }
+
+/// A write that finds nobody committing commits in its caller's task. A
+/// caller given up at any point of that (a client that hung up) hands the
+/// turn on: the writes queued behind it and every later write are still
+/// committed and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_half_way_leaves_the_writer_free() {
+    let (store, db) = store(Backend::Postgres).await;
+    let db = db.expect("a database");
+    store
+        .insert_session(&session("h-ok", SessionState::Granted, Some("a-home")))
+        .await
+        .unwrap();
+    store
+        .create_vault(NewVault {
+            id: "v-a".into(),
+            summary: String::new(),
+            work_session: "a-home".into(),
+            creator: "c".into(),
+        })
+        .await
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    for round in 0..30u64 {
+        let given_up = {
+            let store = store.clone();
+            tokio::spawn(
+                async move { write_as(&*store, "h-ok", entry("v-a", "quitter", None)).await },
+            )
+        };
+        // Give it up before, while or after it takes the turn.
+        tokio::time::sleep(Duration::from_micros(round * 50)).await;
+        given_up.abort();
+        let writes: Vec<_> = (0..4)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    write_as(&*store, "h-ok", entry("v-a", &format!("w{i}"), None)).await
+                })
+            })
+            .collect();
+        for w in writes {
+            let committed = tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a write was never answered"))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            acknowledged.push(committed.entry.seq);
+        }
+    }
+    let mut conn = db.connect().await;
+    let stored: Vec<i64> =
+        sqlx::query_scalar("select seq from vault_entries where writer_id <> 'quitter'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    acknowledged.sort_unstable();
+    assert_eq!(stored.len(), 120);
+    let mut stored = stored;
+    stored.sort_unstable();
+    assert_eq!(
+        stored, acknowledged,
+        "every acknowledged write is stored where it says"
+    );
+}

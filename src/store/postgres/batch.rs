@@ -1,16 +1,28 @@
 //! Group commit: the content writes of sessions that arrive together are
 //! committed together.
 //!
-//! One writer task per process owns the batch ([`Batcher`]). It waits for
-//! the first write, takes whatever else is already queued (up to
-//! [`MAX_BATCH`]), commits them with one call of `vault_write_batch`
-//! (migrations/0006: one statement, so one transaction and one
-//! round trip, with one NOTIFY) and answers each caller on its own oneshot,
-//! after the commit. There is no timer: an idle relay's lone write goes at
-//! once, and under load batches grow by themselves while the previous one
-//! commits. Every notifying commit queues on one cluster-wide lock held
+//! Writes queue in one place per process ([`Batcher`]); whoever holds the
+//! turn takes what is queued (up to [`MAX_BATCH`]), commits it with one call
+//! of `vault_write_batch` (migrations/0006: one statement, so one
+//! transaction and one round trip, with one NOTIFY) and answers each caller
+//! on its own oneshot, after the commit. There is no timer: a write that
+//! finds nobody committing takes the turn and commits itself, in its own
+//! task, so an idle relay's lone write pays no hop to another task; writes
+//! that arrive while a batch commits queue, and the writer task commits
+//! them together when that batch is done. Under load batches grow by
+//! themselves. Every notifying commit queues on one cluster-wide lock held
 //! through the WAL flush, so committing many writes per transaction is what
 //! lifts the relay past one transaction per append.
+//!
+//! Only a write alone commits in its caller's task: a caller that goes away
+//! cancels its own commit and nobody else's, since the writer task (which
+//! nobody cancels) commits every batch of more than one write.
+//!
+//! The turn keeps one connection between batches, so a busy writer pays no
+//! pool checks (sqlx pings a connection when it is taken from the pool and
+//! again when it is given back: two round trips per write). A connection
+//! left unused for [`KEEP_IDLE`] is given back and a fresh one taken from
+//! the pool, which checks it, so a database restart costs no write.
 //!
 //! Each write keeps its own result: the SQL checks every item and refuses
 //! one (no such entry, a session that is not granted, ...) without raising,
@@ -24,10 +36,15 @@
 //! as a deadlock: that batch is split and tried again, see
 //! [`commit_columns`].)
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
 use futures_util::future::BoxFuture;
 use sqlx::Row;
-use sqlx::postgres::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::encryption;
 use crate::store::{
@@ -39,9 +56,11 @@ use crate::store::{
 /// vault once (about 30 bytes each), far below NOTIFY's 8,000-byte payload
 /// limit at this size.
 pub const MAX_BATCH: usize = 64;
-/// Writes waiting for the writer task at most; callers beyond it wait to
-/// enqueue, which is the back pressure on a database that cannot keep up.
+/// Writes queued or committing at most; callers beyond it wait to queue,
+/// which is the back pressure on a database that cannot keep up.
 const QUEUE_DEPTH: usize = 4096;
+/// How long the turn keeps a connection it does not use.
+const KEEP_IDLE: Duration = Duration::from_secs(1);
 
 /// One content write of a batch.
 pub struct Item {
@@ -58,11 +77,31 @@ struct Pending {
     reply: oneshot::Sender<Outcome>,
 }
 
-/// The handle on the process's writer task; the task stops when the
+/// The process's write queue and its writer task; the task stops when the
 /// handle is dropped.
 pub struct Batcher {
-    queue: mpsc::Sender<Pending>,
+    shared: Arc<Shared>,
+    slots: Semaphore,
     task: tokio::task::AbortHandle,
+}
+
+struct Shared {
+    pool: PgPool,
+    /// Whether the turn may keep a connection: not when the pool has only
+    /// one, which everything else needs too.
+    keep: bool,
+    queue: Mutex<Queue>,
+    /// Tells the writer task that the turn is its own.
+    wake: Notify,
+}
+
+struct Queue {
+    waiting: VecDeque<Pending>,
+    /// Someone holds the turn (a lone write, or the writer task) and will
+    /// see what is waiting. Nothing waits without a holder.
+    busy: bool,
+    /// The connection kept between batches, and when it was last used.
+    kept: Kept,
 }
 
 impl Drop for Batcher {
@@ -72,39 +111,154 @@ impl Drop for Batcher {
 }
 
 impl Batcher {
-    /// Starts the writer task on `pool`.
-    pub fn spawn(pool: PgPool) -> Batcher {
-        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(run(pool, rx)).abort_handle();
-        Batcher { queue, task }
+    /// Starts the writer task on `pool`, of at most `pool_size` connections.
+    pub fn spawn(pool: PgPool, pool_size: u32) -> Batcher {
+        let shared = Arc::new(Shared {
+            pool,
+            keep: pool_size >= 2,
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                busy: false,
+                kept: None,
+            }),
+            wake: Notify::new(),
+        });
+        let task = tokio::spawn(run(shared.clone())).abort_handle();
+        Batcher {
+            shared,
+            slots: Semaphore::new(QUEUE_DEPTH),
+            task,
+        }
     }
 
-    /// Queues a write and waits until its batch has committed (or failed).
+    /// Queues a write (or commits it at once when nobody is committing) and
+    /// waits until its batch has committed (or failed).
     pub async fn write(&self, item: Item) -> Outcome {
-        let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the batch writer has stopped".into());
-        self.queue
-            .send(Pending { item, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let _slot = self.slots.acquire().await.map_err(|_| stopped())?;
+        let (item, kept) = match self.shared.take_turn(item) {
+            Ok(turn) => turn,
+            Err(answer) => return answer.await.map_err(|_| stopped())?,
+        };
+        // Alone: commit here. The guard passes the turn on even if this
+        // future is dropped half way.
+        let mut turn = PassOn {
+            shared: &self.shared,
+            kept: None,
+        };
+        let (mut outcomes, conn) = commit_on(&self.shared, kept, vec![item]).await;
+        turn.kept = conn;
+        drop(turn);
+        outcomes.pop().unwrap_or_else(|| Err(stopped()))
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Pending>) {
-    let mut pending = Vec::with_capacity(MAX_BATCH);
-    // recv_many waits for the first write, then takes what is queued.
-    while queue.recv_many(&mut pending, MAX_BATCH).await > 0 {
-        let (items, replies): (Vec<Item>, Vec<oneshot::Sender<Outcome>>) =
-            pending.drain(..).map(|p| (p.item, p.reply)).unzip();
-        let outcomes = commit(&pool, items).await;
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            // A caller that went away no longer wants its answer.
-            let _ = reply.send(outcome);
+/// A connection kept between batches, and when it was last used.
+type Kept = Option<(PoolConnection<Postgres>, Instant)>;
+
+impl Shared {
+    /// Takes the turn for `item` when nobody holds it (handing back the
+    /// item and the kept connection), or queues the item for the holder
+    /// (handing back where its answer will come).
+    fn take_turn(&self, item: Item) -> Result<(Item, Kept), oneshot::Receiver<Outcome>> {
+        let mut queue = self.lock();
+        if queue.busy {
+            let (reply, answer) = oneshot::channel();
+            queue.waiting.push_back(Pending { item, reply });
+            return Err(answer);
+        }
+        queue.busy = true;
+        Ok((item, queue.kept.take()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // The queue holds no invariant a panic could break half way.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `conn` for the next holder of the turn.
+    fn keep(queue: &mut Queue, conn: Option<PoolConnection<Postgres>>) {
+        queue.kept = conn.map(|conn| (conn, Instant::now()));
+    }
+}
+
+/// A lone write's hold on the turn. Dropped (after the commit, or with the
+/// caller's future), it keeps the connection for the next holder and gives
+/// the turn up, or passes it to the writer task when writes are waiting.
+struct PassOn<'a> {
+    shared: &'a Shared,
+    kept: Option<PoolConnection<Postgres>>,
+}
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        Shared::keep(&mut queue, self.kept.take());
+        if queue.waiting.is_empty() {
+            queue.busy = false;
+        } else {
+            // Still busy: the turn is the writer task's now.
+            self.shared.wake.notify_one();
         }
     }
 }
 
+/// The writer task: whenever the turn is passed to it, commits what waits,
+/// a batch at a time, until nothing does.
+async fn run(shared: Arc<Shared>) {
+    loop {
+        shared.wake.notified().await;
+        loop {
+            let (batch, kept) = {
+                let mut queue = shared.lock();
+                if queue.waiting.is_empty() {
+                    queue.busy = false;
+                    break;
+                }
+                let n = queue.waiting.len().min(MAX_BATCH);
+                let batch: Vec<Pending> = queue.waiting.drain(..n).collect();
+                (batch, queue.kept.take())
+            };
+            let (items, replies): (Vec<Item>, Vec<oneshot::Sender<Outcome>>) =
+                batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+            let (outcomes, conn) = commit_on(&shared, kept, items).await;
+            Shared::keep(&mut shared.lock(), conn);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that went away no longer wants its answer.
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// Commits `items` on the kept connection, or on one from the pool when
+/// none is kept or it sat unused for [`KEEP_IDLE`] (given back, the pool
+/// checks it). Hands back the connection to keep: none when the database
+/// could not be reached on it, or when the pool is too small to spare one.
+async fn commit_on(
+    shared: &Shared,
+    kept: Kept,
+    items: Vec<Item>,
+) -> (Vec<Outcome>, Option<PoolConnection<Postgres>>) {
+    let n = items.len();
+    let kept = kept.filter(|(_, used)| used.elapsed() < KEEP_IDLE);
+    let mut conn = match kept {
+        Some((conn, _)) => conn,
+        None => match shared.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = StoreError::from(e);
+                return ((0..n).map(|_| Err(same_error(&e))).collect(), None);
+            }
+        },
+    };
+    let outcomes = commit_columns(&mut conn, Columns::new(items)).await;
+    let reachable = !outcomes
+        .iter()
+        .any(|o| matches!(o, Err(StoreError::Unavailable(_))));
+    let conn = (reachable && shared.keep).then_some(conn);
+    (outcomes, conn)
+}
 /// The columns of a batch, as `vault_write_batch` takes them.
 struct Columns {
     sessions: Vec<String>,
@@ -163,9 +317,17 @@ impl Columns {
     }
 }
 
-/// Commits a batch; one result per item, in order.
+/// Commits a batch on a connection of `pool`, outside the queue; one
+/// result per item, in order.
 pub async fn commit(pool: &PgPool, items: Vec<Item>) -> Vec<Outcome> {
-    commit_columns(pool, Columns::new(items)).await
+    let n = items.len();
+    match pool.acquire().await {
+        Ok(mut conn) => commit_columns(&mut conn, Columns::new(items)).await,
+        Err(e) => {
+            let e = StoreError::from(e);
+            (0..n).map(|_| Err(same_error(&e))).collect()
+        }
+    }
 }
 
 /// Commits `batch` in one statement. When the database refuses the whole
@@ -175,7 +337,7 @@ pub async fn commit(pool: &PgPool, items: Vec<Item>) -> Vec<Outcome> {
 /// trips, never their write. An error that says the database cannot be
 /// reached (or an answer that may have been lost after the commit) is given
 /// to every write of the batch, none of them acknowledged as written.
-fn commit_columns(pool: &PgPool, mut batch: Columns) -> BoxFuture<'_, Vec<Outcome>> {
+fn commit_columns(conn: &mut PgConnection, mut batch: Columns) -> BoxFuture<'_, Vec<Outcome>> {
     Box::pin(async move {
         let n = batch.len();
         let rows = sqlx::query(
@@ -191,7 +353,7 @@ fn commit_columns(pool: &PgPool, mut batch: Columns) -> BoxFuture<'_, Vec<Outcom
         .bind(&batch.keys)
         .bind(&batch.fingerprints)
         .bind(&batch.ttls)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await;
         let rows = match rows {
             Ok(rows) if rows.len() == n => rows,
@@ -207,8 +369,8 @@ fn commit_columns(pool: &PgPool, mut batch: Columns) -> BoxFuture<'_, Vec<Outcom
                 let e = StoreError::from(e);
                 if n > 1 && refused_whole && matches!(e, StoreError::Fault(_)) {
                     let second = batch.split_off(n / 2);
-                    let mut outcomes = commit_columns(pool, batch).await;
-                    outcomes.extend(commit_columns(pool, second).await);
+                    let mut outcomes = commit_columns(conn, batch).await;
+                    outcomes.extend(commit_columns(conn, second).await);
                     return outcomes;
                 }
                 return (0..n).map(|_| Err(same_error(&e))).collect();

@@ -150,7 +150,7 @@ impl PgStore {
             tracing::warn!("the LISTEN connection is not up yet; streams will catch up when it is");
         }
         Ok(Self {
-            batcher: batch::Batcher::spawn(pool.clone()),
+            batcher: batch::Batcher::spawn(pool.clone(), config.max_connections),
             pool,
             epoch,
             notices,
