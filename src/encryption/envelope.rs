@@ -10,7 +10,8 @@
 //!   (a 24-byte nonce and a 16-byte tag, then the ciphertext).
 //!
 //! Postgres applies the same rules in SQL (`encryption_shape` and
-//! `encryption_field_class`, migrations/0004_encryption.sql); the shared
+//! `encryption_field_class`, migrations/0004_encryption.sql, with
+//! `encryption_shape` in PL/pgSQL since 0010); the shared
 //! test suite runs both over the same values.
 
 use base64::Engine;
