@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+COPY build.rs ./
 COPY benches ./benches
 RUN cargo build --release --locked --bin vault-relay
 

@@ -15,7 +15,6 @@
 //! - [`identity`]: atem id sanitizing.
 //! - [`limits`]: the rate limits (failed authentications, pairings, writes).
 //! - [`server`]: the accept loop and the connection timeouts.
-//! - [`heap`]: gives freed memory back to the system after connection bursts.
 //! - [`vaults`]: the vault operations every transport shares (rules, access,
 //!   store call).
 //! - [`mcp`]: the Model Context Protocol server (`/mcp`) and the stdio
@@ -35,7 +34,6 @@ pub mod cli;
 pub mod config;
 pub mod encryption;
 pub mod error;
-pub mod heap;
 pub mod http;
 pub mod idempotency;
 pub mod identity;

@@ -6,6 +6,9 @@ use vault_relay::config::{Cli, LogFormat};
 use vault_relay::startup::Application;
 use vault_relay::{cli, shutdown};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Cli::parse();

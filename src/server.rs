@@ -78,13 +78,11 @@ pub async fn serve(
         .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADER_LINES);
     let mut connections = JoinSet::new();
-    tokio::spawn(crate::heap::trim_after_bursts(shutdown.clone()));
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    crate::heap::churned();
                     connections.spawn(connection(
                         tcp,
                         peer,

@@ -132,7 +132,6 @@ pub async fn serve<T: Transport>(
     }
     // Boxed: the goodbye's buffers are not part of every idle stream.
     Box::pin(transport.finish(&end)).await;
-    crate::heap::churned();
 }
 
 async fn send<T: Transport>(t: &mut T, metrics: &Metrics, frame: &Frame) -> Result<(), End> {
