@@ -488,41 +488,62 @@ async fn fan_out(
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
+    // The writer runs on a thread and runtime of its own, with its own
+    // connections: on this runtime its ticks and answers would wait behind
+    // the thousand subscriber sockets this process reads, and the figure
+    // would be this process's scheduling, not the relay's.
     let sends = Arc::new(Mutex::new(Vec::<(i64, u64, u64)>::with_capacity(
         total as usize,
     )));
-    let in_flight = Arc::new(Semaphore::new(64));
     let period = Duration::from_secs(1) / rate;
-    let mut tick = tokio::time::interval(period);
-    let mut writes = Vec::with_capacity(total as usize);
     let writing = Instant::now();
     let cpu_before = cpu_split(relay_pid);
     let delivered_before = delivered.load(Ordering::Relaxed);
-    // A send is late when it leaves more than one period after its slot:
-    // the writer could not keep the rate it was asked for.
-    let mut late = 0u64;
-    for i in 0..total {
-        tick.tick().await;
-        let permit = in_flight.clone().acquire_owned().await?;
-        if writing.elapsed() > period * (i as u32 + 1) {
-            late += 1;
-        }
-        let api = api.clone();
-        let vault = vault.clone();
-        let text = text.to_string();
-        let sends = sends.clone();
-        writes.push(tokio::spawn(async move {
-            let sent = nanos_since(base);
-            let seq = api.append(&vault, &text).await?;
-            let answered = nanos_since(base);
-            drop(permit);
-            lock(&sends).push((seq, sent, answered - sent));
-            Ok::<_, BoxError>(())
-        }));
-    }
-    for w in writes {
-        w.await??;
-    }
+    let writer = {
+        let api = Arc::new(api.with_own_connections()?);
+        let (vault, text, sends) = (vault.clone(), text.to_string(), sends.clone());
+        std::thread::spawn(move || -> Result<u64> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let in_flight = Arc::new(Semaphore::new(64));
+                let mut tick = tokio::time::interval(period);
+                let mut writes = Vec::with_capacity(total as usize);
+                // A send is late when it leaves more than one period after
+                // its slot: the writer could not keep the rate it was asked
+                // for, because 64 appends were still unanswered.
+                let mut late = 0u64;
+                for i in 0..total {
+                    tick.tick().await;
+                    let permit = in_flight.clone().acquire_owned().await?;
+                    if writing.elapsed() > period * (i as u32 + 1) {
+                        late += 1;
+                    }
+                    let api = api.clone();
+                    let vault = vault.clone();
+                    let text = text.clone();
+                    let sends = sends.clone();
+                    writes.push(tokio::spawn(async move {
+                        let sent = nanos_since(base);
+                        let seq = api.append(&vault, &text).await?;
+                        let answered = nanos_since(base);
+                        drop(permit);
+                        lock(&sends).push((seq, sent, answered - sent));
+                        Ok::<_, BoxError>(())
+                    }));
+                }
+                for w in writes {
+                    w.await??;
+                }
+                Ok(late)
+            })
+        })
+    };
+    // Waited for off this runtime's workers, which the subscribers need.
+    let late = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| "the writer panicked")??;
     let write_secs = writing.elapsed().as_secs_f64();
     let cpu_after = cpu_split(relay_pid);
     let delivered_while_writing = delivered.load(Ordering::Relaxed) - delivered_before;
