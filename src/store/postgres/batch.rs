@@ -19,10 +19,11 @@
 //! nobody cancels) commits every batch of more than one write.
 //!
 //! The turn keeps one connection between batches, so a busy writer pays no
-//! pool checks (sqlx pings a connection when it is taken from the pool and
-//! again when it is given back: two round trips per write). A connection
-//! left unused for [`KEEP_IDLE`] is given back and a fresh one taken from
-//! the pool, which checks it, so a database restart costs no write.
+//! pool checks (sqlx checks a connection with a round trip whenever it is
+//! given back, and the pool again when it hands out one that sat idle). A
+//! connection left unused for [`KEEP_IDLE`] is given back and a fresh one
+//! taken from the pool, which checks it, so a database restart costs no
+//! write.
 //!
 //! Each write keeps its own result: the SQL checks every item and refuses
 //! one (no such entry, a session that is not granted, ...) without raising,

@@ -105,6 +105,10 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// How long a pooled connection may sit unused before it is checked again
+/// when handed out.
+const RECHECK_IDLE: Duration = Duration::from_secs(1);
+
 impl PgStore {
     /// Connects (retrying for a while, so a relay started next to a booting
     /// database waits for it), runs migrations and starts the listener task.
@@ -112,6 +116,21 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx checks every connection it hands out with a round trip,
+            // and again when it takes one back. A connection given back less
+            // than a second ago passed that second check just now, so only
+            // one that sat longer (the database may have restarted since) is
+            // checked again: the hot path saves a round trip per query, and
+            // a restart still costs no request.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= RECHECK_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy(&config.url)
             .map_err(|e| StoreError::Unavailable(format!("invalid DATABASE_URL: {e}")))?;
         let mut delay = Duration::from_millis(200);
