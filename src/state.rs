@@ -86,13 +86,15 @@ pub struct AppState {
 /// How many stream opens may run their checks (credential, vault) at once.
 /// A reconnect storm is ten thousand opens at once: unbounded, they queue
 /// for every database connection ahead of the REST requests and writes that
-/// arrive meanwhile. With Postgres they may hold all of the pool but two
-/// connections, so something else never waits for the pool behind them;
-/// the memory store has no pool to share, and no bound.
+/// arrive meanwhile. With Postgres they may hold all of the pool but three
+/// connections (the one the writer keeps between batches, see
+/// `store::postgres::batch`, and two more), so REST requests never wait for
+/// the pool behind them; the memory store has no pool to share, and no
+/// bound.
 pub fn open_slots(config: &Config) -> usize {
     match config.database_url {
         Some(_) => (config.database_max_connections as usize)
-            .saturating_sub(2)
+            .saturating_sub(3)
             .max(1),
         None => tokio::sync::Semaphore::MAX_PERMITS,
     }

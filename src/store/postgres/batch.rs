@@ -60,6 +60,8 @@ pub const MAX_BATCH: usize = 64;
 /// Writes queued or committing at most; callers beyond it wait to queue,
 /// which is the back pressure on a database that cannot keep up.
 const QUEUE_DEPTH: usize = 4096;
+/// The smallest pool the turn keeps a connection of.
+pub const KEEP_FROM_POOL_SIZE: u32 = 4;
 /// How long the turn keeps a connection it does not use.
 const KEEP_IDLE: Duration = Duration::from_secs(1);
 
@@ -88,8 +90,9 @@ pub struct Batcher {
 
 struct Shared {
     pool: PgPool,
-    /// Whether the turn may keep a connection: not when the pool has only
-    /// one, which everything else needs too.
+    /// Whether the turn may keep a connection: only in a pool of at least
+    /// [`KEEP_FROM_POOL_SIZE`], so a small pool is not one short for
+    /// everything else.
     keep: bool,
     queue: Mutex<Queue>,
     /// Tells the writer task that the turn is its own.
@@ -116,7 +119,7 @@ impl Batcher {
     pub fn spawn(pool: PgPool, pool_size: u32) -> Batcher {
         let shared = Arc::new(Shared {
             pool,
-            keep: pool_size >= 2,
+            keep: pool_size >= KEEP_FROM_POOL_SIZE,
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
                 busy: false,
