@@ -414,9 +414,12 @@ impl Hub {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         let mut failed: HashSet<String> = HashSet::new();
         loop {
+            // A retry tick brings no notice: only the vaults whose read
+            // failed are read again, from their cursors (no notice was
+            // missed, so nothing else needs a look).
             let first = tokio::select! {
-                n = notices.recv() => n,
-                _ = retry.tick(), if !failed.is_empty() => Err(RecvError::Lagged(0)),
+                n = notices.recv() => Some(n),
+                _ = retry.tick(), if !failed.is_empty() => None,
                 _ = shutdown.wait() => return,
             };
             // Vault -> the highest seq announced (i64::MAX: re-read anyway).
@@ -424,7 +427,7 @@ impl Hub {
             let mut summaries: HashSet<String> = HashSet::new();
             let mut modes: HashSet<String> = HashSet::new();
             let mut resync = false;
-            let mut next = Some(first);
+            let mut next = first;
             let mut folded = 0;
             while let Some(n) = next.take() {
                 match n {
@@ -458,8 +461,8 @@ impl Hub {
                         modes.insert(work_session);
                     }
                     Ok(Notice::Resync) => resync = true,
-                    // Lagged (or a retry tick): we may have missed notices,
-                    // so every watched vault re-reads from its cursor.
+                    // Lagged: we may have missed notices, so every watched
+                    // vault re-reads from its cursor.
                     Err(RecvError::Lagged(_)) => resync = true,
                     Err(RecvError::Closed) => return,
                 }
