@@ -503,47 +503,42 @@ async fn fan_out(
     let cpu_before = cpu_split(relay_pid);
     let delivered_before = delivered.load(Ordering::Relaxed);
     let writer = {
-        let api = Arc::new(api.with_own_connections()?);
         let (vault, text, sends) = (vault.clone(), text.to_string(), sends.clone());
-        std::thread::spawn(move || -> Result<(u64, f64)> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let in_flight = Arc::new(Semaphore::new(64));
-                // The schedule starts here, once the thread and its runtime
-                // are up, so their start is not counted as lateness.
-                let writing = Instant::now();
-                let mut tick = tokio::time::interval(period);
-                let mut writes = Vec::with_capacity(total as usize);
-                // A send is late when it leaves more than one period after
-                // its slot: the writer could not keep the rate it was asked
-                // for, because 64 appends were still unanswered.
-                let mut late = 0u64;
-                for i in 0..total {
-                    tick.tick().await;
-                    let permit = in_flight.clone().acquire_owned().await?;
-                    if writing.elapsed() > period * (i as u32 + 1) {
-                        late += 1;
-                    }
-                    let api = api.clone();
-                    let vault = vault.clone();
-                    let text = text.clone();
-                    let sends = sends.clone();
-                    writes.push(tokio::spawn(async move {
-                        let sent = nanos_since(base);
-                        let seq = api.append(&vault, &text).await?;
-                        let answered = nanos_since(base);
-                        drop(permit);
-                        lock(&sends).push((seq, sent, answered - sent));
-                        Ok::<_, BoxError>(())
-                    }));
+        on_own_thread(api, move |api| async move {
+            let api = Arc::new(api);
+            let in_flight = Arc::new(Semaphore::new(64));
+            // The schedule starts here, once the thread and its runtime
+            // are up, so their start is not counted as lateness.
+            let writing = Instant::now();
+            let mut tick = tokio::time::interval(period);
+            let mut writes = Vec::with_capacity(total as usize);
+            // A send is late when it leaves more than one period after
+            // its slot: the writer could not keep the rate it was asked
+            // for, because 64 appends were still unanswered.
+            let mut late = 0u64;
+            for i in 0..total {
+                tick.tick().await;
+                let permit = in_flight.clone().acquire_owned().await?;
+                if writing.elapsed() > period * (i as u32 + 1) {
+                    late += 1;
                 }
-                for w in writes {
-                    w.await??;
-                }
-                Ok((late, writing.elapsed().as_secs_f64()))
-            })
+                let api = api.clone();
+                let vault = vault.clone();
+                let text = text.clone();
+                let sends = sends.clone();
+                writes.push(tokio::spawn(async move {
+                    let sent = nanos_since(base);
+                    let seq = api.append(&vault, &text).await?;
+                    let answered = nanos_since(base);
+                    drop(permit);
+                    lock(&sends).push((seq, sent, answered - sent));
+                    Ok::<_, BoxError>(())
+                }));
+            }
+            for w in writes {
+                w.await??;
+            }
+            Ok((late, writing.elapsed().as_secs_f64()))
         })
     };
     // Waited for off this runtime's workers, which the subscribers need.
@@ -701,26 +696,19 @@ async fn storm_then_idle(relay: &Relay, api: &Api, plan: &Plan) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (reader_stop_tx, reader_stop) = watch::channel(false);
     let reader = {
-        let api = api.clone();
         let vault = vaults[0].clone();
         let stop = reader_stop;
-        std::thread::spawn(move || -> Result<(Vec<u64>, u64)> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let api = api.with_own_connections()?;
-                let mut latencies = Vec::new();
-                let mut failures = 0u64;
-                while !*stop.borrow() {
-                    let started = Instant::now();
-                    match api.read(&vault).await {
-                        Ok(()) => latencies.push(started.elapsed().as_nanos() as u64),
-                        Err(_) => failures += 1,
-                    }
+        on_own_thread(api, move |api| async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            while !*stop.borrow() {
+                let started = Instant::now();
+                match api.read(&vault).await {
+                    Ok(()) => latencies.push(started.elapsed().as_nanos() as u64),
+                    Err(_) => failures += 1,
                 }
-                Ok((latencies, failures))
-            })
+            }
+            Ok((latencies, failures))
         })
     };
 
@@ -1414,6 +1402,25 @@ async fn expect_hello(ws: &mut Ws) -> Result<()> {
 
 // ---------------------------------------------------------------------------
 // Small helpers.
+
+/// Runs `task` on a thread and current-thread runtime of its own, with its
+/// own connections to the relay: what it measures is then the relay, not
+/// this process's other tasks (thousands of client sockets) queued ahead of
+/// it on the shared runtime.
+fn on_own_thread<T, F, Fut>(api: &Api, task: F) -> std::thread::JoinHandle<Result<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(Api) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let api = api.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move { task(api.with_own_connections()?).await })
+    })
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -179,10 +179,12 @@ impl Shared {
         // The queue holds no invariant a panic could break half way.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
+impl Queue {
     /// Keeps `conn` for the next holder of the turn.
-    fn keep(queue: &mut Queue, conn: Option<PoolConnection<Postgres>>) {
-        queue.kept = conn.map(|conn| (conn, Instant::now()));
+    fn keep(&mut self, conn: Option<PoolConnection<Postgres>>) {
+        self.kept = conn.map(|conn| (conn, Instant::now()));
     }
 }
 
@@ -197,7 +199,7 @@ struct PassOn<'a> {
 impl Drop for PassOn<'_> {
     fn drop(&mut self) {
         let mut queue = self.shared.lock();
-        Shared::keep(&mut queue, self.kept.take());
+        queue.keep(self.kept.take());
         if queue.waiting.is_empty() {
             queue.busy = false;
         } else {
@@ -226,7 +228,7 @@ async fn run(shared: Arc<Shared>) {
             let (items, replies): (Vec<Item>, Vec<oneshot::Sender<Outcome>>) =
                 batch.into_iter().map(|p| (p.item, p.reply)).unzip();
             let (outcomes, conn) = commit_on(&shared, kept, items).await;
-            Shared::keep(&mut shared.lock(), conn);
+            shared.lock().keep(conn);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that went away no longer wants its answer.
                 let _ = reply.send(outcome);
@@ -250,10 +252,7 @@ async fn commit_on(
         Some((conn, _)) => conn,
         None => match shared.pool.acquire().await {
             Ok(conn) => conn,
-            Err(e) => {
-                let e = StoreError::from(e);
-                return ((0..n).map(|_| Err(same_error(&e))).collect(), None);
-            }
+            Err(e) => return (all_failed(n, &e.into()), None),
         },
     };
     let outcomes = commit_columns(&mut conn, Columns::new(items)).await;
@@ -263,6 +262,7 @@ async fn commit_on(
     let conn = (reachable && shared.keep).then_some(conn);
     (outcomes, conn)
 }
+
 /// The columns of a batch, as `vault_write_batch` takes them.
 struct Columns {
     sessions: Vec<String>,
@@ -327,10 +327,7 @@ pub async fn commit(pool: &PgPool, items: Vec<Item>) -> Vec<Outcome> {
     let n = items.len();
     match pool.acquire().await {
         Ok(mut conn) => commit_columns(&mut conn, Columns::new(items)).await,
-        Err(e) => {
-            let e = StoreError::from(e);
-            (0..n).map(|_| Err(same_error(&e))).collect()
-        }
+        Err(e) => all_failed(n, &e.into()),
     }
 }
 
@@ -366,7 +363,7 @@ fn commit_columns(conn: &mut PgConnection, mut batch: Columns) -> BoxFuture<'_, 
                     "vault_write_batch answered {} rows for {n} writes",
                     rows.len()
                 );
-                return (0..n).map(|_| Err(StoreError::Fault(e.clone()))).collect();
+                return all_failed(n, &StoreError::Fault(e));
             }
             Err(e) => {
                 let refused_whole = matches!(e, sqlx::Error::Database(_));
@@ -377,7 +374,7 @@ fn commit_columns(conn: &mut PgConnection, mut batch: Columns) -> BoxFuture<'_, 
                     outcomes.extend(commit_columns(conn, second).await);
                     return outcomes;
                 }
-                return (0..n).map(|_| Err(same_error(&e))).collect();
+                return all_failed(n, &e);
             }
         };
         let Columns {
@@ -432,10 +429,16 @@ fn refusal(reason: &str, entry_no: Option<i64>) -> StoreError {
     }
 }
 
-/// A copy of a whole-batch error for each of its writes.
-fn same_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        other => StoreError::Fault(other.to_string()),
-    }
+/// A whole-batch error, given to each of its `n` writes: none of them was
+/// acknowledged as written.
+fn all_failed(n: usize, e: &StoreError) -> Vec<Outcome> {
+    (0..n)
+        .map(|_| {
+            Err(match e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                StoreError::Fault(m) => StoreError::Fault(m.clone()),
+                other => StoreError::Fault(other.to_string()),
+            })
+        })
+        .collect()
 }
