@@ -474,3 +474,87 @@ async fn watch_prints_entries_and_resumes_after_a_restart_without_duplicates() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rx.try_recv().is_err());
 }
+
+/// Plans made for no vault in particular (Postgres's cached generic plans,
+/// which every prepared read and every statement inside the write
+/// functions runs on) stay on the indexes that lead with the vault, even
+/// when the statistics were gathered while one vault held nearly every
+/// row: otherwise a read or write of any other vault scans the whole table
+/// (migrations/0011).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_vault_holding_every_row_does_not_make_others_scan_the_table() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, _, s) = app.work_session("home").await;
+    let big = app.create_vault(&s, "c", "").await;
+    let small = app.create_vault(&s, "c", "").await;
+    let mut conn = app.db.as_ref().unwrap().connect().await;
+    sqlx::query(
+        "insert into vault_entries (seq, vault_id, entry_no, version, kind, writer_id, content)
+         select nextval('vault_seq'), $1, n, 1, 'content', 'c', 'bulk'
+         from generate_series(1, 20000) n",
+    )
+    .bind(&big)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update vaults set next_entry_no = 20001,
+                head_seq = (select max(seq) from vault_entries where vault_id = $1)
+         where id = $1",
+    )
+    .bind(&big)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("analyze vault_entries")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    sqlx::query("set plan_cache_mode = force_generic_plan")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let plan_of = async |conn: &mut sqlx::PgConnection, name: usize, sql: &str, args: &str| {
+        sqlx::raw_sql(&format!("prepare q{name} as {sql}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let plan: Value =
+            sqlx::query_scalar(&format!("explain (format json) execute q{name}({args})"))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        plan.to_string()
+    };
+    // entries_after, the history view, and the newest row's seq.
+    let shapes = [
+        (
+            "select seq from vault_entries where vault_id = $1::text and seq > $2::bigint order by seq limit $3::bigint",
+            format!("'{small}', 0, 100"),
+        ),
+        (
+            "select seq from vault_entries where vault_id = $1::text and seq > $2::bigint order by seq",
+            format!("'{small}', 0"),
+        ),
+        (
+            "select max(seq) from vault_entries where vault_id = $1::text",
+            format!("'{small}'"),
+        ),
+    ];
+    for (name, (sql, args)) in shapes.iter().enumerate() {
+        let plan = plan_of(&mut conn, name, sql, args).await;
+        assert!(
+            plan.contains("vault_entries_vault_seq_idx") && !plan.contains("vault_entries_pkey"),
+            "{sql}: the generic plan does not stay on the vault's rows: {plan}"
+        );
+    }
+
+    // And through the relay: the small vault reads and writes as ever.
+    let w = app.write(&small, &s, "c", "one", None).await;
+    let rows = app.read(&small, &s, "c", "history=true").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(seq(&rows[0]), seq(&w));
+    let next = app.write(&big, &s, "c", "after the bulk", None).await;
+    assert_eq!(next["entry_no"], 20001);
+}

@@ -249,16 +249,6 @@ fn link_from_row(row: &PgRow) -> Result<ReadLink, sqlx::Error> {
 }
 
 const ENTRY_COLUMNS: &str = "seq, entry_no, version, kind, writer_id, content, created_at";
-
-// The reads of one vault's rows name the vault as a range of the composite
-// indexes, `(vault_id, seq) > ($1, $2) and vault_id <= $1`, which is exactly
-// `vault_id = $1 and seq > $2`. Spelled as an equality, Postgres's cached
-// generic plan is built from the table's statistics, not from the vault
-// asked for: gathered while one vault held nearly every row, they make a
-// scan of the primary key on seq (filtering on the vault) look cheapest,
-// and that reads the whole table for any other vault (20 to 40 ms at
-// 100,000 rows). As a range on (vault_id, ...), only the indexes that lead
-// with vault_id can serve it, so every plan reads the vault's rows alone.
 const VAULT_COLUMNS: &str = "id, summary, work_session, creator, created_at, writers, head_seq";
 
 /// Inserts a vault row. The encryption mode check runs in the same
@@ -397,13 +387,12 @@ impl Store for PgStore {
         let sql = match view {
             View::History => format!(
                 "select {ENTRY_COLUMNS} from vault_entries
-                 where (vault_id, seq) > ($1, $2) and vault_id <= $1 order by vault_id, seq"
+                 where vault_id = $1 and seq > $2 order by seq"
             ),
             View::Current => format!(
                 "select {ENTRY_COLUMNS} from (
                     select distinct on (entry_no) {ENTRY_COLUMNS} from vault_entries
-                    where (vault_id, entry_no) > ($1, 0) and vault_id <= $1
-                    order by entry_no, version desc
+                    where vault_id = $1 order by entry_no, version desc
                  ) newest where seq > $2 order by entry_no"
             ),
         };
@@ -427,8 +416,7 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<Entry>> {
         let rows = sqlx::query(&format!(
             "select {ENTRY_COLUMNS} from vault_entries
-             where (vault_id, seq) > ($1, $2) and vault_id <= $1
-             order by vault_id, seq limit $3"
+             where vault_id = $1 and seq > $2 order by seq limit $3"
         ))
         .bind(vault_id)
         .bind(after)
