@@ -47,8 +47,14 @@ use crate::shutdown::Shutdown;
 /// 64 KiB of headers), so that an oversized head usually gets the relay's
 /// JSON answer instead of hyper's empty one.
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
-/// The most header lines hyper parses before it answers 431 by itself.
-pub const MAX_HEADER_LINES: usize = 1024;
+/// The most header lines hyper parses before it answers 431 by itself:
+/// hyper's own default. hyper sets aside room for this many headers for
+/// every request it parses, on the stack up to its default and on the heap
+/// (written out in full) above it: at 1,024 that was about 56 KB written
+/// per request, a few percent of the relay's CPU per write. Clients send
+/// a few dozen at most; the relay's own JSON 431 still covers 64 KiB of
+/// headers within these lines.
+pub const MAX_HEADER_LINES: usize = 100;
 
 /// The connection limits (`None`: no limit).
 #[derive(Clone, Copy, Debug)]

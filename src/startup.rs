@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::secrets;
 use crate::server::{self, ConnectionLimits};
 use crate::shutdown::Shutdown;
-use crate::state::{AppState, Settings, secs_or_off};
+use crate::state::{AppState, Settings, Shared, secs_or_off};
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{PgConfig, PgStore};
 use crate::store::{Store, StoreError};
@@ -123,7 +123,7 @@ impl Application {
         ));
         let limits = Arc::new(Limits::new(&config).with_metrics(metrics.clone()));
         spawn_housekeeping(limits.clone(), shutdown.clone());
-        let state = AppState {
+        let state = AppState::new(Shared {
             store,
             settings: Arc::new(settings),
             hub,
@@ -134,7 +134,7 @@ impl Application {
             stream_opens: Arc::new(tokio::sync::Semaphore::new(crate::state::open_slots(
                 &config,
             ))),
-        };
+        });
         let connection_limits = ConnectionLimits {
             header_timeout: secs_or_off(config.http_header_timeout_secs),
             idle_timeout: secs_or_off(config.http_idle_timeout_secs),

@@ -65,9 +65,28 @@ pub fn secs_or_off(secs: u64) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs))
 }
 
-/// The state behind every route.
+/// The state behind every route: one shared [`Shared`], so that the clones
+/// axum makes of it for every request (each middleware layer and handler
+/// takes its own) cost one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub settings: Arc<Settings>,
     pub hub: Hub,

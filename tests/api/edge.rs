@@ -204,8 +204,9 @@ async fn oversized_targets_and_headers_get_json_414_and_431() {
 
     for headers in [
         format!("x-big: {}\r\n", "b".repeat(70 * 1024)),
-        (0..200)
-            .map(|i| format!("x-h{i}: {}\r\n", "c".repeat(400)))
+        // Over 64 KiB in many lines, but no more than hyper parses.
+        (0..90)
+            .map(|i| format!("x-h{i}: {}\r\n", "c".repeat(800)))
             .collect(),
     ] {
         let r = exchange(
