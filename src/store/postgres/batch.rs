@@ -10,7 +10,14 @@
 //! task, so an idle relay's lone write pays no hop to another task; writes
 //! that arrive while a batch commits queue, and the writer task commits
 //! them together when that batch is done. Under load batches grow by
-//! themselves. Every notifying commit queues on one cluster-wide lock held
+//! themselves. One exception keeps a company together: writers answered by
+//! the same batch come back at about the same moment, and the first of
+//! them would otherwise commit alone while the rest queue behind it, two
+//! commits (two WAL flushes) where one does. So within [`COMPANY_WINDOW`]
+//! of a batch of two or more, a write goes to the writer task, which waits
+//! (at most [`GATHER_AT_MOST`], yielding) until as many writes wait as that
+//! batch had. A relay that has not just committed such a batch never makes
+//! a write wait. Every notifying commit queues on one cluster-wide lock held
 //! through the WAL flush, so committing many writes per transaction is what
 //! lifts the relay past one transaction per append.
 //!
@@ -64,6 +71,14 @@ const QUEUE_DEPTH: usize = 4096;
 pub const KEEP_FROM_POOL_SIZE: u32 = 4;
 /// How long the turn keeps a connection it does not use.
 const KEEP_IDLE: Duration = Duration::from_secs(1);
+/// Writers that shared a commit come back together: their answers went out
+/// at the same moment. A write that finds the turn free within this time
+/// of a batch of two or more is gathered with them (see [`GATHER_AT_MOST`]).
+const COMPANY_WINDOW: Duration = Duration::from_millis(2);
+/// How long the writer task gathers such writes at most before it commits
+/// what it has. Otherwise the first writer back would commit alone and the
+/// rest wait for it, two commits (and two WAL flushes) where one will do.
+const GATHER_AT_MOST: Duration = Duration::from_micros(300);
 
 /// One content write of a batch.
 pub struct Item {
@@ -106,6 +121,11 @@ struct Queue {
     busy: bool,
     /// The connection kept between batches, and when it was last used.
     kept: Kept,
+    /// When the last batch of two or more writes committed, and its size.
+    company: Option<(Instant, usize)>,
+    /// The writer task gathers writes until this many wait (or
+    /// [`GATHER_AT_MOST`] passes) before it commits.
+    gather: Option<usize>,
 }
 
 impl Drop for Batcher {
@@ -124,6 +144,8 @@ impl Batcher {
                 waiting: VecDeque::new(),
                 busy: false,
                 kept: None,
+                company: None,
+                gather: None,
             }),
             wake: Notify::new(),
         });
@@ -166,9 +188,20 @@ impl Shared {
     /// (handing back where its answer will come).
     fn take_turn(&self, item: Item) -> Result<(Item, Kept), oneshot::Receiver<Outcome>> {
         let mut queue = self.lock();
-        if queue.busy {
+        let gather = match queue.company {
+            Some((at, size)) if at.elapsed() < COMPANY_WINDOW => Some(size),
+            _ => None,
+        };
+        if queue.busy || gather.is_some() {
             let (reply, answer) = oneshot::channel();
             queue.waiting.push_back(Pending { item, reply });
+            if !queue.busy {
+                // The first of a company back: the writer task takes the
+                // turn and waits a moment for the others.
+                queue.busy = true;
+                queue.gather = gather;
+                self.wake.notify_one();
+            }
             return Err(answer);
         }
         queue.busy = true;
@@ -214,6 +247,7 @@ impl Drop for PassOn<'_> {
 async fn run(shared: Arc<Shared>) {
     loop {
         shared.wake.notified().await;
+        gather(&shared).await;
         loop {
             let (batch, kept) = {
                 let mut queue = shared.lock();
@@ -227,13 +261,32 @@ async fn run(shared: Arc<Shared>) {
             };
             let (items, replies): (Vec<Item>, Vec<oneshot::Sender<Outcome>>) =
                 batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+            let n = items.len();
             let (outcomes, conn) = commit_on(&shared, kept, items).await;
-            shared.lock().keep(conn);
+            {
+                let mut queue = shared.lock();
+                queue.keep(conn);
+                queue.company = (n > 1).then(|| (Instant::now(), n));
+            }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that went away no longer wants its answer.
                 let _ = reply.send(outcome);
             }
         }
+    }
+}
+
+/// Waits, when asked to gather, until as many writes wait as the company
+/// had or [`GATHER_AT_MOST`] has passed. It yields rather than sleeps: the
+/// runtime's timer counts in milliseconds, and yielding lets the requests
+/// already arriving be read meanwhile.
+async fn gather(shared: &Shared) {
+    let Some(target) = shared.lock().gather.take() else {
+        return;
+    };
+    let started = Instant::now();
+    while shared.lock().waiting.len() < target && started.elapsed() < GATHER_AT_MOST {
+        tokio::task::yield_now().await;
     }
 }
 
