@@ -183,9 +183,10 @@ impl Batcher {
 type Kept = Option<(PoolConnection<Postgres>, Instant)>;
 
 impl Shared {
-    /// Takes the turn for `item` when nobody holds it (handing back the
-    /// item and the kept connection), or queues the item for the holder
-    /// (handing back where its answer will come).
+    /// Takes the turn for `item` when nobody holds it and no company is
+    /// coming back (handing back the item and the kept connection), or
+    /// queues the item for the holder, or for the writer task to gather
+    /// with that company (handing back where its answer will come).
     fn take_turn(&self, item: Item) -> Result<(Item, Kept), oneshot::Receiver<Outcome>> {
         let mut queue = self.lock();
         let gather = match queue.company {
