@@ -107,15 +107,30 @@ pub fn entry(e: &Entry) -> Frame {
     })
 }
 
+/// Fields in the order `json!` would write them (its maps sort their keys),
+/// so a frame reads the same whichever builds it. The frames every stream
+/// open sends are built from structs like this one: a `json!` value
+/// allocates a map per object, and in a storm of opens each newcomer's
+/// hello and presence frames were a measurable share of the relay's work.
+#[derive(Serialize)]
+struct HelloFrame<'a> {
+    epoch: &'a str,
+    head_seq: i64,
+    summary: &'a str,
+    #[serde(rename = "type")]
+    frame_type: &'static str,
+    vault_id: &'a str,
+}
+
 /// `{"type": "hello", "vault_id", "summary", "head_seq", "epoch"}`
 pub fn hello(vault_id: &str, summary: &str, head_seq: i64, epoch: &str) -> Frame {
-    text(json!({
-        "type": "hello",
-        "vault_id": vault_id,
-        "summary": summary,
-        "head_seq": head_seq,
-        "epoch": epoch,
-    }))
+    text(HelloFrame {
+        epoch,
+        head_seq,
+        summary,
+        frame_type: "hello",
+        vault_id,
+    })
 }
 
 /// `{"type": "caught_up", "seq"}`
@@ -142,10 +157,22 @@ pub fn encryption(mode: &crate::encryption::ModeState) -> Frame {
 /// Most watchers listed in one presence frame; `count` is always the total.
 pub const MAX_LISTED_WATCHERS: usize = 100;
 
+/// Fields in `json!`'s order, as [`HelloFrame`]'s.
+#[derive(Serialize)]
+struct PresenceFrame<'a> {
+    count: i64,
+    #[serde(rename = "type")]
+    frame_type: &'static str,
+    watchers: &'a [Watcher],
+}
+
 /// `{"type": "presence", "watchers": [...first 100], "count"}`
 pub fn presence(watchers: &[Watcher], count: i64) -> Frame {
-    let listed = &watchers[..watchers.len().min(MAX_LISTED_WATCHERS)];
-    text(json!({ "type": "presence", "watchers": listed, "count": count }))
+    text(PresenceFrame {
+        count,
+        frame_type: "presence",
+        watchers: &watchers[..watchers.len().min(MAX_LISTED_WATCHERS)],
+    })
 }
 
 /// `event: close` with `data: {"code", "reason"}`: where a WebSocket would
@@ -179,6 +206,25 @@ mod tests {
             frame["watchers"][0],
             json!({"atem_id": "a0", "client_id": "c0"})
         );
+    }
+
+    #[test]
+    fn hello_and_presence_are_written_as_json_would_write_them() {
+        let hello = hello("v-1", "a \"summary\"", 9, "e-1");
+        let expected = json!({
+            "type": "hello",
+            "vault_id": "v-1",
+            "summary": "a \"summary\"",
+            "head_seq": 9,
+            "epoch": "e-1",
+        });
+        assert_eq!(hello.json().as_str(), expected.to_string());
+        let watchers = [Watcher {
+            atem_id: "a".into(),
+            client_id: "c".into(),
+        }];
+        let expected = json!({"type": "presence", "watchers": watchers, "count": 3});
+        assert_eq!(presence(&watchers, 3).json().as_str(), expected.to_string());
     }
 
     #[test]
