@@ -92,7 +92,7 @@ pub trait Transport: Send {
     const KIND: metrics::Transport;
     /// Queues one frame; it goes out at the next [`Transport::flush`] at the
     /// latest.
-    fn feed(&mut self, frame: &Frame) -> impl Future<Output = Result<(), End>> + Send;
+    fn feed(&mut self, frame: Frame) -> impl Future<Output = Result<(), End>> + Send;
     /// Writes out everything queued.
     fn flush(&mut self) -> impl Future<Output = Result<(), End>> + Send;
     /// Called every ping period: keeps the connection alive and notices a
@@ -134,7 +134,7 @@ pub async fn serve<T: Transport>(
     Box::pin(transport.finish(&end)).await;
 }
 
-async fn send<T: Transport>(t: &mut T, metrics: &Metrics, frame: &Frame) -> Result<(), End> {
+async fn send<T: Transport>(t: &mut T, metrics: &Metrics, frame: Frame) -> Result<(), End> {
     t.feed(frame).await?;
     t.flush().await?;
     metrics.frames_sent(1);
@@ -158,7 +158,7 @@ async fn catch_up<T: Transport>(
             .map_err(|e| End::Fault(e.to_string()))?;
         let full = rows.len() as i64 == REPLAY_PAGE;
         for row in &rows {
-            t.feed(&frames::entry(row)).await?;
+            t.feed(frames::entry(row)).await?;
             cursor = row.seq;
         }
         t.flush().await?;
@@ -263,23 +263,22 @@ async fn greet<T: Transport>(
     send(
         t,
         &metrics,
-        &frames::hello(&vault_id, &summary, head_seq, &epoch),
+        frames::hello(&vault_id, &summary, head_seq, &epoch),
     )
     .await?;
     drop(summary);
-    send(t, &metrics, &presence).await?;
-    drop(presence);
+    send(t, &metrics, presence).await?;
     // Read after joining: a change of mode from here on also arrives live.
     let mode = hub
         .encryption_frame(&work_session)
         .await
         .map_err(|e| End::Fault(e.to_string()))?;
     drop(work_session);
-    send(t, &metrics, &mode).await?;
+    send(t, &metrics, mode).await?;
 
     let since = match (&client_epoch, since) {
         (Some(e), _) if *e != epoch => {
-            send(t, &metrics, &frames::reset(&epoch)).await?;
+            send(t, &metrics, frames::reset(&epoch)).await?;
             Some(0)
         }
         (_, since) => since,
@@ -287,7 +286,7 @@ async fn greet<T: Transport>(
     let cursor = match since {
         Some(since) => {
             let cursor = catch_up(t, &metrics, hub, &vault_id, since).await?;
-            send(t, &metrics, &frames::caught_up(cursor)).await?;
+            send(t, &metrics, frames::caught_up(cursor)).await?;
             cursor
         }
         None => head_seq,
@@ -336,13 +335,13 @@ async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End
                     match event {
                         Ok(Event::Entry { seq, frame }) => {
                             if seq > cursor {
-                                t.feed(&frame).await?;
+                                t.feed(frame).await?;
                                 cursor = seq;
                                 fed += 1;
                             }
                         }
                         Ok(Event::Frame(frame)) => {
-                            t.feed(&frame).await?;
+                            t.feed(frame).await?;
                             fed += 1;
                         }
                         Ok(Event::Revoked(r)) => {

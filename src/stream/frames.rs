@@ -25,15 +25,17 @@ pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: the client sent a message larger than the relay accepts.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
-/// One frame, serialized once: the JSON text a WebSocket sends as is and,
-/// built on first use, the same frame as a server-sent event. Cloning is
-/// a reference count.
+/// One frame, serialized once: the JSON text and, each built on first use
+/// and then shared by every subscriber that sends it, the frame as a
+/// WebSocket writes it and as a server-sent event. Cloning is a reference
+/// count.
 #[derive(Clone, Debug)]
 pub struct Frame(Arc<Encoded>);
 
 #[derive(Debug)]
 struct Encoded {
     json: Utf8Bytes,
+    wire: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
 }
 
@@ -50,13 +52,23 @@ impl Frame {
     pub fn from_json(json: Utf8Bytes) -> Frame {
         Frame(Arc::new(Encoded {
             json,
+            wire: OnceLock::new(),
             sse: OnceLock::new(),
         }))
     }
 
-    /// The JSON text: what a WebSocket sends.
+    /// The JSON text.
     pub fn json(&self) -> &Utf8Bytes {
         &self.0.json
+    }
+
+    /// The bytes a WebSocket writes for it: one text message, in fragments
+    /// when it is large (see [`super::socket::encode`]). A server's frames
+    /// are not masked, so these bytes are the same on every socket.
+    pub fn wire(&self) -> &Bytes {
+        self.0
+            .wire
+            .get_or_init(|| super::socket::encode(&self.0.json))
     }
 
     /// The server-sent event: `event: <type>`, `id: <seq>` for entries,

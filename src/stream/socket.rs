@@ -1,19 +1,21 @@
 //! The WebSocket transport of a stream (`GET .../stream`).
 //!
-//! Bounded whatever the client does: the socket holds at most
-//! [`MAX_OUTGOING_BYTES`] of unsent data (our frames are fragmented to a
-//! small write buffer, and the pongs the library queues on its own stop
-//! there too); a client that sends while it does not read is closed with
-//! 4000 once a pong cannot go out within the send timeout; a message over
-//! 64 KiB closes with 1009; more client frames per second than allowed
-//! close with 1008.
+//! Bounded whatever the client does: the stream's frames are written from
+//! bytes shared by every socket, a few at a time, so a socket copies none
+//! of them and holds at most [`WRITE_SLICES`] unwritten; the control frames
+//! the library writes (pongs included) stop at [`MAX_OUTGOING_BYTES`]; a
+//! client that does not take a write within the send timeout is closed
+//! with 4000, and so is one that sends while it does not read, once a pong
+//! cannot go out in time; a message over 64 KiB closes with 1009; more
+//! client frames per second than allowed close with 1008.
 
-use std::task::Poll;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -25,11 +27,9 @@ use super::frames::Frame;
 use super::upgrade::Socket;
 use crate::metrics;
 
-/// Frames larger than this go out in fragments of this size, so no socket's
-/// write buffer grows much past it (buffers never shrink while a socket
-/// lives, and ten thousand idle streams each keep theirs). A presence frame
-/// that lists a hundred watchers (about 4 KiB) goes out in pieces; a burst
-/// of entry frames still goes out in a few writes.
+/// Frames larger than this go out as one fragmented message of pieces this
+/// size, as docs/stream.md describes (a presence frame that lists a
+/// hundred watchers, about 4 KiB, in four).
 const FRAGMENT_BYTES: usize = 1024;
 /// Most unsent bytes a socket holds, pongs included.
 pub const MAX_OUTGOING_BYTES: usize = 256 * 1024;
@@ -41,8 +41,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// The socket settings of every stream.
 pub fn config() -> WebSocketConfig {
     // Clients only send pongs and closes, so a small read buffer keeps an
-    // idle subscriber cheap; the write buffer holds one burst of frames,
-    // flushed together (large frames are fragmented to fit it).
+    // idle subscriber cheap; the library writes only control frames, so a
+    // small write buffer is enough.
     WebSocketConfig::default()
         .read_buffer_size(512)
         .write_buffer_size(FRAGMENT_BYTES)
@@ -97,10 +97,38 @@ impl FrameBudget {
     }
 }
 
-/// One stream's WebSocket.
+/// Frames written with one system call at most.
+const WRITE_SLICES: usize = 16;
+
+/// Writes a frame's text as a server sends it: one text frame, or when it
+/// is larger than [`FRAGMENT_BYTES`], a text frame and continuation frames
+/// of that size. Built once per frame ([`Frame::wire`]) and shared by every
+/// socket that sends it.
+pub fn encode(text: &Utf8Bytes) -> Bytes {
+    let bytes = Bytes::from(text.clone());
+    let count = bytes.len().div_ceil(FRAGMENT_BYTES).max(1);
+    let mut out = Vec::with_capacity(bytes.len() + count * 4);
+    for i in 0..count {
+        let part = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
+        let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+        // Formatting into a Vec cannot fail.
+        let _ = WireFrame::message(part, opcode, i + 1 == count).format(&mut out);
+    }
+    Bytes::from(out)
+}
+
+/// One stream's WebSocket. The stream's own frames are written by the
+/// relay straight to the connection, from bytes encoded once for every
+/// socket ([`Frame::wire`]); the library reads the client's frames and
+/// writes the control frames (pings, pongs, the close). The two never
+/// interleave: our frames are written out whole before the library writes
+/// again, and its pongs are flushed before ours.
 pub struct WebSocket {
-    sink: SplitSink<Socket, Message>,
-    source: SplitStream<Socket>,
+    socket: Socket,
+    /// Frames fed and not yet written, oldest first; `written` bytes of
+    /// the first are out.
+    queued: VecDeque<Frame>,
+    written: usize,
     limits: SocketLimits,
     last_heard: Instant,
     budget: FrameBudget,
@@ -109,56 +137,94 @@ pub struct WebSocket {
 impl WebSocket {
     /// Wraps an upgraded socket.
     pub fn new(socket: Socket, limits: SocketLimits) -> Self {
-        let (sink, source) = socket.split();
         WebSocket {
-            sink,
-            source,
+            socket,
+            queued: VecDeque::new(),
+            written: 0,
             limits,
             last_heard: Instant::now(),
             budget: FrameBudget::new(limits.max_client_frames_per_sec),
         }
+    }
+
+    /// Writes out the queued frames, several per system call.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        while !self.queued.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (i, frame) in self.queued.iter().take(WRITE_SLICES).enumerate() {
+                let skip = if i == 0 { self.written } else { 0 };
+                slices[i] = IoSlice::new(&frame.wire()[skip..]);
+                count += 1;
+            }
+            let io = std::pin::Pin::new(self.socket.get_mut());
+            let mut wrote = match io.poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(WsError::Io(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(WsError::Io(e))),
+                Poll::Pending => return Poll::Pending,
+            };
+            while wrote > 0 {
+                let Some(first) = self.queued.front() else {
+                    break;
+                };
+                let left = first.wire().len() - self.written;
+                if wrote >= left {
+                    wrote -= left;
+                    self.queued.pop_front();
+                    self.written = 0;
+                } else {
+                    self.written += wrote;
+                    wrote = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes out the queued frames within the send timeout.
+    async fn drain(&mut self) -> Result<(), End> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let limit = self.limits.send_timeout;
+        timed(limit, std::future::poll_fn(|cx| self.poll_drain(cx))).await
     }
 }
 
 impl Transport for WebSocket {
     const KIND: metrics::Transport = metrics::Transport::WebSocket;
 
-    /// A large frame is queued as fragments (a text frame and continuation
-    /// frames), which the socket writes out one by one.
-    async fn feed(&mut self, frame: &Frame) -> Result<(), End> {
-        let text = frame.json();
-        if text.len() <= FRAGMENT_BYTES {
-            let step = self.sink.feed(Message::Text(text.clone()));
-            return timed(self.limits.send_timeout, step).await;
-        }
-        let bytes = Bytes::from(text.clone());
-        let count = bytes.len().div_ceil(FRAGMENT_BYTES);
-        for i in 0..count {
-            let part = bytes.slice(i * FRAGMENT_BYTES..((i + 1) * FRAGMENT_BYTES).min(bytes.len()));
-            let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
-            let fragment = WireFrame::message(part, opcode, i + 1 == count);
-            let step = self.sink.feed(Message::Frame(fragment));
-            timed(self.limits.send_timeout, step).await?;
+    async fn feed(&mut self, frame: Frame) -> Result<(), End> {
+        self.queued.push_back(frame);
+        if self.queued.len() >= WRITE_SLICES {
+            self.drain().await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        let step = self.sink.flush();
-        timed(self.limits.send_timeout, step).await
+        self.drain().await
     }
 
     async fn keepalive(&mut self) -> Result<(), End> {
         if self.last_heard.elapsed() > self.limits.ping_every * 2 {
             return Err(End::Unresponsive);
         }
-        let step = self.sink.send(Message::Ping(Bytes::new()));
+        self.drain().await?;
+        let step = self.socket.send(Message::Ping(Bytes::new()));
         timed(self.limits.send_timeout, step).await
     }
 
+    /// Only ever raced against new rows between writes, so none of our
+    /// frames is half written while the library reads (and may answer a
+    /// ping).
     async fn ended(&mut self) -> End {
+        debug_assert!(self.queued.is_empty(), "frames left unwritten");
         loop {
-            let msg = match self.source.next().await {
+            let msg = match self.socket.next().await {
                 Some(Ok(Message::Close(_))) => return End::ClientClosed,
                 Some(Ok(msg)) => msg,
                 Some(Err(WsError::Capacity(_))) => return End::TooBig,
@@ -172,7 +238,7 @@ impl Transport for WebSocket {
                 // The library queued a pong; it must go out like any frame.
                 // A client that pings but does not read stops here, and is
                 // closed once the send timeout passes.
-                let step = self.sink.flush();
+                let step = self.socket.flush();
                 if let Err(end) = timed(self.limits.send_timeout, step).await {
                     return end;
                 }
@@ -180,21 +246,23 @@ impl Transport for WebSocket {
         }
     }
 
-    async fn finish(self, end: &End) {
-        let WebSocket {
-            mut sink,
-            mut source,
-            ..
-        } = self;
+    async fn finish(mut self, end: &End) {
+        // A frame cut short must be completed before the close frame, or
+        // the client would read the close as part of it.
+        let pending = std::future::poll_fn(|cx| self.poll_drain(cx));
+        if !matches!(timeout(CLOSE_WAIT, pending).await, Ok(Ok(()))) {
+            return;
+        }
+        let mut socket = self.socket;
         let Some((code, reason)) = end.close() else {
-            let _ = timeout(CLOSE_WAIT, sink.close()).await;
+            let _ = timeout(CLOSE_WAIT, socket.close(None)).await;
             return;
         };
         let close = Message::Close(Some(CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         }));
-        if !matches!(timeout(CLOSE_WAIT, sink.send(close)).await, Ok(Ok(()))) {
+        if !matches!(timeout(CLOSE_WAIT, socket.send(close)).await, Ok(Ok(()))) {
             // It cannot even take the close frame: nothing more to say.
             return;
         }
@@ -204,9 +272,6 @@ impl Transport for WebSocket {
         if matches!(end, End::TooBig) {
             // The oversized message is still arriving and cannot be parsed
             // as frames: read and drop raw bytes until the client stops.
-            let Ok(mut socket) = sink.reunite(source) else {
-                return;
-            };
             let io = socket.get_mut();
             let mut scratch = [0u8; 4096];
             while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
@@ -216,12 +281,11 @@ impl Transport for WebSocket {
             }
             return;
         }
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, source.next()).await {
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, socket.next()).await {
             if matches!(msg, Message::Close(_)) {
                 break;
             }
         }
-        let _ = sink.reunite(source).map(drop);
     }
 }
 

@@ -54,7 +54,7 @@ impl EventStream {
 impl Transport for EventStream {
     const KIND: metrics::Transport = metrics::Transport::Sse;
 
-    async fn feed(&mut self, frame: &Frame) -> Result<(), End> {
+    async fn feed(&mut self, frame: Frame) -> Result<(), End> {
         self.push(frame.sse().clone()).await
     }
 

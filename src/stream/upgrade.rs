@@ -1,8 +1,8 @@
 //! The WebSocket handshake, done here rather than by axum's extractor so the
-//! socket is a plain tokio-tungstenite stream: that lets the relay send big
-//! entries in fragments, which keeps every connection's write buffer small
-//! (a socket's buffer otherwise stays as large as the largest frame it ever
-//! sent, for as long as the socket lives).
+//! socket is a plain tokio-tungstenite stream: that lets the relay write
+//! its frames to the connection itself, from bytes encoded once for every
+//! socket, and leave the library only the client's frames and the control
+//! frames (see [`super::socket`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

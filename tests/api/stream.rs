@@ -27,6 +27,7 @@ both_stores!(
     shutdown_closes_streams_with_going_away,
     a_ticket_opens_one_stream_once,
     a_reader_that_never_reads_does_not_delay_others_and_is_cut_loose,
+    a_reader_that_pauses_gets_every_frame_whole_and_in_order,
 );
 
 fn seq(v: &Value) -> i64 {
@@ -533,6 +534,40 @@ async fn a_reader_that_never_reads_does_not_delay_others_and_is_cut_loose(backen
         frames < rows + 2,
         "it did not get everything queued for it ({frames} frames)"
     );
+}
+
+/// A reader that stops reading for a while, then reads again, gets every
+/// row whole and in order: the relay's writes to it stop part-way through
+/// frames (its receive buffer is tiny and the rows are of odd sizes) and
+/// carry on from there, and the rows it fell behind on come from the store.
+async fn a_reader_that_pauses_gets_every_frame_whole_and_in_order(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.stream_buffer_frames = 16;
+        c.stream_send_timeout_ms = 30_000;
+    })
+    .await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut paused = app
+        .open_stream_with_small_receive_buffer(&v, &s, "paused")
+        .await;
+    assert_eq!(paused.next_frame().await["type"], "hello");
+    // About 4.5 MB: more than the socket buffers between them hold.
+    let mut written = Vec::new();
+    for i in 0..200 {
+        let text = format!("{i}:{}", "y".repeat(20_000 + i * 37));
+        let r = app.write(&v, &s, "c", &text, None).await;
+        written.push((seq(&r), text));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (want, text) in &written {
+        let f = paused.next_of("entry").await;
+        assert_eq!(seq(&f), *want);
+        assert_eq!(f["content"].as_str(), Some(text.as_str()), "row {want}");
+    }
+    // And it is live again.
+    let r = app.write(&v, &s, "c", "after", None).await;
+    assert_eq!(seq(&paused.next_of("entry").await), seq(&r));
 }
 
 /// Stream opens take turns with their checks (a share of the database pool,
