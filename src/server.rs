@@ -24,7 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -187,6 +187,9 @@ async fn connection(
                     // Client mistakes and disconnects: not the relay's fault.
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                // An upgraded connection lives on as a stream, which has
+                // timeouts of its own: nothing reads its activity now.
+                activity.watched.store(false, Ordering::Relaxed);
                 return;
             }
             _ = shutdown.wait(), if !stopping => {
@@ -216,6 +219,10 @@ struct Activity {
     write_blocked: AtomicU64,
     /// Requests being answered.
     answering: AtomicUsize,
+    /// Whether the idle check still runs: a stream writes to its socket
+    /// a thousand times a second at fan-out, and need not read the clock
+    /// each time once nobody looks.
+    watched: AtomicBool,
 }
 
 impl Activity {
@@ -225,6 +232,7 @@ impl Activity {
             last: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
             answering: AtomicUsize::new(0),
+            watched: AtomicBool::new(true),
         }
     }
 
@@ -233,7 +241,9 @@ impl Activity {
     }
 
     fn moved(&self) {
-        self.last.store(self.now_ms(), Ordering::Relaxed);
+        if self.watched.load(Ordering::Relaxed) {
+            self.last.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// When the connection counts as idle if nothing moves until then. A
@@ -345,6 +355,9 @@ fn gone() -> io::Error {
 
 impl WatchedIo {
     fn wrote<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if !self.activity.watched.load(Ordering::Relaxed) {
+            return result;
+        }
         match &result {
             Poll::Pending => {
                 let since = self.activity.now_ms() + 1;

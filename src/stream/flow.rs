@@ -325,7 +325,14 @@ async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End
     };
     tokio::pin!(expiry);
     loop {
+        // Polled in this order, and only as far as the first that is ready:
+        // every new row wakes every stream of its vault, and such a wake-up
+        // then polls nothing else. The expiry comes first so that no flow of
+        // rows keeps a link's stream open past it; the client's frames are
+        // read before the ping checks that some came.
         tokio::select! {
+            biased;
+            _ = &mut expiry => return Ok(End::Revoked),
             event = sub.recv() => {
                 // Whatever else is already queued goes out in the same
                 // write: one system call for a burst instead of one a frame.
@@ -369,7 +376,6 @@ async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End
             }
             end = t.ended() => return Ok(end),
             _ = ping.tick() => t.keepalive().await?,
-            _ = &mut expiry => return Ok(End::Revoked),
         }
     }
 }
