@@ -420,26 +420,11 @@ async fn fan_out(
                 entries: Vec::with_capacity(capacity),
                 ended: None,
             };
-            let opened = async {
-                let _permit = permits.acquire().await?;
-                let mut ws = api
-                    .connect(&vault, &format!("fan-{i}"), None, 4 * 1024)
-                    .await?;
-                expect_hello(&mut ws).await?;
-                Ok::<_, BoxError>(ws)
-            }
-            .await;
-            let mut ws = match opened {
-                Ok(ws) => {
-                    let _ = ready.send(Ok(())).await;
-                    ws
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string())).await;
-                    return received;
-                }
+            let Some(mut ws) =
+                open_reporting(&api, &vault, &format!("fan-{i}"), Some(&permits), ready).await
+            else {
+                return received;
             };
-            drop(ready);
             let stopped = stop.wait_for(|s| *s);
             tokio::pin!(stopped);
             loop {
@@ -723,25 +708,11 @@ async fn storm_then_idle(relay: &Relay, api: &Api, plan: &Plan) -> Result<()> {
         let ready = ready_tx.clone();
         let closed_early = closed_early.clone();
         streams.push(tokio::spawn(async move {
-            let opened = async {
-                let mut ws = api
-                    .connect(&vault, &format!("storm-{i}"), None, 4 * 1024)
-                    .await?;
-                expect_hello(&mut ws).await?;
-                Ok::<_, BoxError>(ws)
-            }
-            .await;
-            let mut ws = match opened {
-                Ok(ws) => {
-                    let _ = ready.send(Ok(())).await;
-                    ws
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string())).await;
-                    return;
-                }
+            let Some(mut ws) =
+                open_reporting(&api, &vault, &format!("storm-{i}"), None, ready).await
+            else {
+                return;
             };
-            drop(ready);
             // Keep reading so pings are answered and presence frames drain.
             loop {
                 tokio::select! {
@@ -940,26 +911,11 @@ async fn many_vaults(api: &Arc<Api>, plan: &Plan, text: &str, targets: &Targets)
         let permits = permits.clone();
         readers.push(tokio::spawn(async move {
             let mut entries: Vec<(i64, u64)> = Vec::new();
-            let opened = async {
-                let _permit = permits.acquire().await?;
-                let mut ws = api
-                    .connect(&vault, &format!("many-{i}"), None, 4 * 1024)
-                    .await?;
-                expect_hello(&mut ws).await?;
-                Ok::<_, BoxError>(ws)
-            }
-            .await;
-            let mut ws = match opened {
-                Ok(ws) => {
-                    let _ = ready.send(Ok(())).await;
-                    ws
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string())).await;
-                    return entries;
-                }
+            let Some(mut ws) =
+                open_reporting(&api, &vault, &format!("many-{i}"), Some(&permits), ready).await
+            else {
+                return entries;
             };
-            drop(ready);
             loop {
                 let msg = tokio::select! {
                     m = ws.next() => m,
@@ -1389,6 +1345,30 @@ fn entry_seq(text: &str) -> Option<i64> {
     } else {
         None
     }
+}
+
+/// Opens one benchmark stream up to its hello (taking one of `permits`
+/// while it connects, when given) and says on `ready` whether it opened.
+async fn open_reporting(
+    api: &Api,
+    vault: &str,
+    client_id: &str,
+    permits: Option<&Semaphore>,
+    ready: mpsc::Sender<std::result::Result<(), String>>,
+) -> Option<Ws> {
+    let opened = async {
+        let _permit = match permits {
+            Some(p) => Some(p.acquire().await?),
+            None => None,
+        };
+        let mut ws = api.connect(vault, client_id, None, 4 * 1024).await?;
+        expect_hello(&mut ws).await?;
+        Ok::<_, BoxError>(ws)
+    }
+    .await;
+    let outcome = opened.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    let _ = ready.send(outcome).await;
+    opened.ok()
 }
 
 async fn expect_hello(ws: &mut Ws) -> Result<()> {

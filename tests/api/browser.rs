@@ -337,6 +337,17 @@ async fn make_link(app: &TestApp, vault: &str, session: &str) -> (String, String
     )
 }
 
+/// Opens `url` in a new browser and waits until the page is live and shows
+/// `entries` entries.
+async fn open_live(url: &str, what: &str, entries: usize) -> (Browser, PageState) {
+    let browser = Browser::launch().await;
+    browser.goto(url).await;
+    let state = browser
+        .wait_until(what, WAIT, |s| s.live() && s.entries().len() == entries)
+        .await;
+    (browser, state)
+}
+
 /// Signs the page in as `session` without the form (the form has its own
 /// test) and opens `vault`.
 async fn open_as_session(browser: &Browser, app: &TestApp, session: &str, vault: &str) {
@@ -376,13 +387,7 @@ async fn read_only_link_shows_the_vault_and_hides_its_secret() {
         .expect("a secret in the link")
         .to_string();
 
-    let browser = Browser::launch().await;
-    browser.goto(&url).await;
-    let state = browser
-        .wait_until("the linked vault to load", WAIT, |s| {
-            s.entries().len() == 3 && s.live()
-        })
-        .await;
+    let (browser, state) = open_live(&url, "the linked vault to load", 3).await;
     assert_eq!(state.str("summary"), "Ship the viewer");
     assert_eq!(state.view(), "vault-view");
     let contents: Vec<(&str, &str, &str)> = state
@@ -449,13 +454,7 @@ async fn live_updates_append_and_replace_entries() {
         .await;
     let (_, url) = make_link(&app, &vault, &session).await;
 
-    let browser = Browser::launch().await;
-    browser.goto(&url).await;
-    browser
-        .wait_until("the stream to be live", WAIT, |s| {
-            s.live() && s.entries().len() == 1
-        })
-        .await;
+    let (browser, _) = open_live(&url, "the stream to be live", 1).await;
 
     app.write(&vault, &session, "atem-b", "found the stream frames", None)
         .await;
@@ -542,13 +541,7 @@ async fn page_reconnects_after_a_restart_without_gaps_or_duplicates() {
         .await;
     let (_, url) = make_link(&app, &vault, &session).await;
 
-    let browser = Browser::launch().await;
-    browser.goto(&url).await;
-    browser
-        .wait_until("the stream to be live", WAIT, |s| {
-            s.live() && s.entries().len() == 2
-        })
-        .await;
+    let (browser, _) = open_live(&url, "the stream to be live", 2).await;
 
     let port = app.addr.port();
     let db = app.db.clone().expect("a Postgres test has a database");
@@ -645,13 +638,7 @@ async fn hostile_content_is_shown_as_text() {
             .to_string();
     let (_, url) = make_link(&app, &vault, &session).await;
 
-    let browser = Browser::launch().await;
-    browser.goto(&url).await;
-    browser
-        .wait_until("the hostile entries to load", WAIT, |s| {
-            s.entries().len() == 2 && s.live()
-        })
-        .await;
+    let (browser, _) = open_live(&url, "the hostile entries to load", 2).await;
     // One more through the stream, with a hostile writer id too.
     app.write(
         &vault,
@@ -705,13 +692,7 @@ async fn revoked_link_stops_working() {
         .await;
     let (link_id, url) = make_link(&app, &vault, &session).await;
 
-    let browser = Browser::launch().await;
-    browser.goto(&url).await;
-    browser
-        .wait_until("the linked vault to be live", WAIT, |s| {
-            s.live() && s.entries().len() == 1
-        })
-        .await;
+    let (browser, _) = open_live(&url, "the linked vault to be live", 1).await;
 
     let (status, body) = app
         .vault_call(

@@ -6,7 +6,14 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 
+use crate::both_stores;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp};
+
+both_stores!(
+    requests_and_writes_are_counted_under_route_templates,
+    streams_are_counted_while_open_with_their_frames_and_close_codes,
+    event_streams_are_counted_as_sse,
+);
 
 /// Scrapes `/metrics` with the admin token; returns the exposition text.
 pub async fn scrape(app: &TestApp) -> String {
@@ -184,16 +191,6 @@ async fn requests_and_writes_are_counted_under_route_templates(backend: Backend)
     }
 }
 
-#[tokio::test]
-async fn requests_and_writes_are_counted_under_route_templates_memory() {
-    requests_and_writes_are_counted_under_route_templates(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_and_writes_are_counted_under_route_templates_postgres() {
-    requests_and_writes_are_counted_under_route_templates(Backend::Postgres).await;
-}
-
 fn frames_sent(text: &str) -> f64 {
     series(text, "vault_relay_stream_frames_sent_total", &[]).expect("frames series")
 }
@@ -250,16 +247,6 @@ async fn streams_are_counted_while_open_with_their_frames_and_close_codes(backen
         "{closed}"
     );
     assert!(frames_sent(&closed) >= received as f64);
-}
-
-#[tokio::test]
-async fn streams_are_counted_while_open_with_their_frames_and_close_codes_memory() {
-    streams_are_counted_while_open_with_their_frames_and_close_codes(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_are_counted_while_open_with_their_frames_and_close_codes_postgres() {
-    streams_are_counted_while_open_with_their_frames_and_close_codes(Backend::Postgres).await;
 }
 
 #[tokio::test]
@@ -358,16 +345,6 @@ async fn event_streams_are_counted_as_sse(backend: Backend) {
         Some(1.0),
         "{closed}"
     );
-}
-
-#[tokio::test]
-async fn event_streams_are_counted_as_sse_memory() {
-    event_streams_are_counted_as_sse(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn event_streams_are_counted_as_sse_postgres() {
-    event_streams_are_counted_as_sse(Backend::Postgres).await;
 }
 
 #[tokio::test]

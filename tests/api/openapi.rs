@@ -7,7 +7,10 @@ use std::path::Path;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use crate::both_stores;
 use crate::helpers::{Backend, TestApp};
+
+both_stores!(answers_match_their_documented_schemas);
 
 /// The fallbacks' own words, to tell "no such route" from a handler's 404.
 const NO_SUCH_ROUTE: &str = "no such route";
@@ -544,14 +547,4 @@ async fn answers_match_their_documented_schemas(backend: Backend) {
         report.contains(&format!("{} answers checked", answers.len())),
         "{report}"
     );
-}
-
-#[tokio::test]
-async fn answers_match_their_documented_schemas_memory() {
-    answers_match_their_documented_schemas(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_match_their_documented_schemas_postgres() {
-    answers_match_their_documented_schemas(Backend::Postgres).await;
 }
