@@ -117,11 +117,20 @@ impl Plan {
 struct Options {
     quick: bool,
     child_for_all: bool,
+    /// The figures to run (1 to 4); empty runs them all.
+    only: Vec<u8>,
 }
 
-const USAGE: &str = "usage: cargo bench --bench stream [-- --quick] [-- --child]
-  --quick  reduced sizes, a smoke test
-  --child  run every figure against the release binary, not an in-process relay
+impl Options {
+    fn runs(&self, figure: u8) -> bool {
+        self.only.is_empty() || self.only.contains(&figure)
+    }
+}
+
+const USAGE: &str = "usage: cargo bench --bench stream [-- --quick] [-- --child] [-- --figure N]
+  --quick     reduced sizes, a smoke test
+  --child     run every figure against the release binary, not an in-process relay
+  --figure N  run figure N (1 to 4) only; repeat it for several
   BENCH_DATABASE_URL=postgres://...  bench the Postgres store (default: memory)
   scripts/bench [--quick] [--child]  the same, with the open-file limit raised";
 
@@ -137,12 +146,18 @@ fn parse_args() -> std::result::Result<Parsed, String> {
     let mut opts = Options {
         quick: false,
         child_for_all: false,
+        only: Vec::new(),
     };
     let mut benching = false;
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => opts.quick = true,
             "--child" => opts.child_for_all = true,
+            "--figure" => match args.next().as_deref().map(str::parse::<u8>) {
+                Some(Ok(n @ 1..=4)) => opts.only.push(n),
+                _ => return Err("--figure takes a figure number, 1 to 4".into()),
+            },
             // `cargo bench` passes this; `cargo test --benches` does not.
             "--bench" => benching = true,
             "--help" | "-h" => return Ok(Parsed::Usage),
@@ -281,23 +296,27 @@ async fn run(opts: Options) -> Result<()> {
         RelayProcess::InProcess { .. } => None,
     };
     let targets = Targets::for_store(database_url.is_some());
-    fan_out(&api, child_pid, &plan, &text, &targets).await?;
-    println!();
+    if opts.runs(1) {
+        fan_out(&api, child_pid, &plan, &text, &targets).await?;
+        println!();
+    }
 
-    {
+    if opts.runs(2) {
         let idle_relay = Relay::child(database_url.clone()).await?;
         let idle_api = Api::setup(idle_relay.addr).await?;
         let outcome = storm_then_idle(&idle_relay, &idle_api, &plan).await;
         idle_relay.stop();
         outcome?;
+        println!();
     }
-    println!();
 
-    replay(&api, plan.replay_rows, &text).await?;
+    if opts.runs(3) {
+        replay(&api, plan.replay_rows, &text).await?;
+        println!();
+    }
     relay.stop();
-    println!();
 
-    {
+    if opts.runs(4) {
         let many_relay = Relay::child(database_url.clone()).await?;
         let many_api = Arc::new(Api::setup(many_relay.addr).await?);
         let outcome = many_vaults(&many_api, &plan, &text, &targets).await;
@@ -357,10 +376,13 @@ fn command_line(opts: &Options, postgres: bool) -> String {
     }
     let mut args = Vec::new();
     if opts.quick {
-        args.push("--quick");
+        args.push("--quick".to_string());
     }
     if opts.child_for_all {
-        args.push("--child");
+        args.push("--child".to_string());
+    }
+    for n in &opts.only {
+        args.push(format!("--figure {n}"));
     }
     if args.is_empty() {
         format!("{env}cargo bench --bench stream")
