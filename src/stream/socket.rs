@@ -122,7 +122,7 @@ pub fn encode(text: &Utf8Bytes) -> Bytes {
 /// socket ([`Frame::wire`]); the library reads the client's frames and
 /// writes the control frames (pings, pongs, the close). The two never
 /// interleave: our frames are written out whole before the library writes
-/// again, and its pongs are flushed before ours.
+/// again, and whatever the library holds is flushed before ours.
 pub struct WebSocket {
     socket: Socket,
     /// Frames fed and not yet written, oldest first; `written` bytes of
@@ -149,6 +149,17 @@ impl WebSocket {
 
     /// Writes out the queued frames, several per system call.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if self.queued.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        // The library may still hold part of a control frame: a pong it
+        // queued while reading a ping and could not finish writing before
+        // a new row ended the wait. It goes out first, or our frame would
+        // land inside it.
+        match self.socket.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
         while !self.queued.is_empty() {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
             let mut count = 0;
