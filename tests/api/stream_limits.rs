@@ -1,7 +1,9 @@
 //! What a stream's client may not do, on both stores: flood pings without
 //! reading (the relay's output stays bounded and the client is closed),
 //! send a message over 64 KiB (1009), or send more frames per second than
-//! allowed (1008). Limits are set explicitly per test.
+//! allowed (1008); and what it may: ping while it does not read, and get
+//! every pong and row whole once it reads again. Limits are set explicitly
+//! per test.
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ both_stores!(
     a_message_over_64_kib_closes_with_1009,
     too_many_frames_per_second_close_with_1008,
     a_client_within_its_frame_allowance_keeps_its_stream,
+    pongs_and_rows_to_a_client_that_pauses_arrive_whole,
 );
 
 type Ws = WebSocketStream<TcpStream>;
@@ -224,4 +227,65 @@ async fn a_client_within_its_frame_allowance_keeps_its_stream(backend: Backend) 
         }
     }
     assert!(pongs >= 1, "pings are answered");
+}
+
+/// A client that pings while it does not read gets every pong and the
+/// rows that came meanwhile whole once it reads again: when the socket is
+/// full a pong (written by the library) can be cut part-way, and a row
+/// (written by the relay itself) must wait for the rest of it.
+async fn pongs_and_rows_to_a_client_that_pauses_arrive_whole(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.stream_send_timeout_ms = 30_000;
+        c.stream_max_client_frames_per_sec = 0;
+        c.stream_ping_secs = 3600;
+    })
+    .await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut ws = connect(&app, &v, &s, "pauses", Some(16 * 1024)).await;
+    assert_eq!(next_text(&mut ws).await["type"], "hello");
+    // Ping until the relay stops reading: its socket is full of pongs, the
+    // last of them cut part-way.
+    let payload = Bytes::from(vec![b'p'; 125]);
+    let mut pings = 0;
+    while pings < 200_000 {
+        let ping = ws.feed(Message::Ping(payload.clone()));
+        match tokio::time::timeout(Duration::from_millis(500), ping).await {
+            Ok(Ok(())) => pings += 1,
+            _ => break,
+        }
+    }
+    // Rows meanwhile.
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let row = app
+            .write(&v, &s, "c", &"r".repeat(700 + i * 13), None)
+            .await;
+        seqs.push(row["seq"].as_i64().expect("seq"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut entries = Vec::new();
+    let mut pongs = 0;
+    while entries.len() < seqs.len() {
+        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .expect("a message within the wait")
+            .expect("the stream stays open")
+            .expect("a well-formed message");
+        match msg {
+            Message::Text(t) => {
+                let frame: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+                if frame["type"] == "entry" {
+                    entries.push(frame["seq"].as_i64().expect("seq"));
+                }
+            }
+            Message::Pong(p) => {
+                assert_eq!(p, payload, "a pong carries its ping's payload");
+                pongs += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(entries, seqs, "every row once, in order");
+    assert!(pongs > 1000, "{pongs} pongs for {pings} pings");
 }
