@@ -52,14 +52,20 @@ async fn connect(
     ws
 }
 
+/// The next message; panics when none comes within the wait, the stream
+/// ends or the bytes are not a WebSocket message.
+async fn next_message(ws: &mut Ws) -> Message {
+    tokio::time::timeout(FRAME_WAIT, ws.next())
+        .await
+        .expect("a message within the wait")
+        .expect("the stream stays open")
+        .expect("a well-formed message")
+}
+
 /// The next text frame (the hello, first): the stream has joined the vault.
 async fn next_text(ws: &mut Ws) -> serde_json::Value {
     loop {
-        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
-            .await
-            .expect("a frame")
-            .expect("open")
-            .expect("a message");
+        let msg = next_message(ws).await;
         if let Message::Text(t) = msg {
             return serde_json::from_str(&t).expect("JSON");
         }
@@ -93,19 +99,28 @@ async fn read_to_end(ws: &mut Ws) -> Outcome {
     }
 }
 
-async fn a_ping_flood_that_never_reads_is_answered_within_the_bound_and_closed(backend: Backend) {
+/// A relay that closes a client only once a write to it has waited
+/// `send_timeout_ms`, and a stream to it from a client with a 16 KB receive
+/// buffer: the relay, (session, vault) and the socket.
+async fn pinging_client(backend: Backend, send_timeout_ms: u64) -> (TestApp, (String, String), Ws) {
     let app = TestApp::spawn_with(backend, |c| {
-        c.stream_send_timeout_ms = 1000;
-        // The frame limit would close it first; this test is about output.
+        c.stream_send_timeout_ms = send_timeout_ms;
+        // The frame limit would close it first; these tests are about
+        // output.
         c.stream_max_client_frames_per_sec = 0;
-        // Nothing of the relay's own may be sent while the client floods:
+        // Nothing of the relay's own may be sent while the client pings:
         // only the pongs can make it notice the client is stuck.
         c.stream_ping_secs = 3600;
     })
     .await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
-    let mut ws = connect(&app, &v, &s, "flood", Some(16 * 1024)).await;
+    let ws = connect(&app, &v, &s, "pinger", Some(16 * 1024)).await;
+    (app, (s, v), ws)
+}
+
+async fn a_ping_flood_that_never_reads_is_answered_within_the_bound_and_closed(backend: Backend) {
+    let (app, (s, v), mut ws) = pinging_client(backend, 1000).await;
     // The greeting (hello, presence, the encryption mode), then the
     // coalesced presence frame our own join causes: after it the vault is
     // quiet.
@@ -161,11 +176,7 @@ async fn a_message_over_64_kib_closes_with_1009(backend: Backend) {
         .expect("send");
     let r = app.write(&v, &s, "c", "still open", None).await;
     loop {
-        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
-            .await
-            .expect("a frame")
-            .expect("open")
-            .expect("a message");
+        let msg = next_message(&mut ws).await;
         if let Message::Text(t) = msg
             && t.contains("still open")
         {
@@ -210,11 +221,7 @@ async fn a_client_within_its_frame_allowance_keeps_its_stream(backend: Backend) 
     // The row and (at least the newest ping's) pong arrive, in either order.
     let (mut pongs, mut entry) = (0, false);
     while !entry || pongs == 0 {
-        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
-            .await
-            .expect("a frame")
-            .expect("still open")
-            .expect("a message");
+        let msg = next_message(&mut ws).await;
         match msg {
             Message::Pong(_) => pongs += 1,
             Message::Text(t) if t.contains("for the polite") => {
@@ -234,15 +241,7 @@ async fn a_client_within_its_frame_allowance_keeps_its_stream(backend: Backend) 
 /// full a pong (written by the library) can be cut part-way, and a row
 /// (written by the relay itself) must wait for the rest of it.
 async fn pongs_and_rows_to_a_client_that_pauses_arrive_whole(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |c| {
-        c.stream_send_timeout_ms = 30_000;
-        c.stream_max_client_frames_per_sec = 0;
-        c.stream_ping_secs = 3600;
-    })
-    .await;
-    let (_, _, s) = app.work_session("home").await;
-    let v = app.create_vault(&s, "c", "").await;
-    let mut ws = connect(&app, &v, &s, "pauses", Some(16 * 1024)).await;
+    let (app, (s, v), mut ws) = pinging_client(backend, 30_000).await;
     assert_eq!(next_text(&mut ws).await["type"], "hello");
     // Ping until the relay stops reading: its socket is full of pongs, the
     // last of them cut part-way.
@@ -267,11 +266,7 @@ async fn pongs_and_rows_to_a_client_that_pauses_arrive_whole(backend: Backend) {
     let mut entries = Vec::new();
     let mut pongs = 0;
     while entries.len() < seqs.len() {
-        let msg = tokio::time::timeout(FRAME_WAIT, ws.next())
-            .await
-            .expect("a message within the wait")
-            .expect("the stream stays open")
-            .expect("a well-formed message");
+        let msg = next_message(&mut ws).await;
         match msg {
             Message::Text(t) => {
                 let frame: serde_json::Value = serde_json::from_str(&t).expect("JSON");
