@@ -162,11 +162,10 @@ impl WebSocket {
         }
         while !self.queued.is_empty() {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-            let mut count = 0;
-            for (i, frame) in self.queued.iter().take(WRITE_SLICES).enumerate() {
+            let count = self.queued.len().min(WRITE_SLICES);
+            for (i, frame) in self.queued.iter().take(count).enumerate() {
                 let skip = if i == 0 { self.written } else { 0 };
                 slices[i] = IoSlice::new(&frame.wire()[skip..]);
-                count += 1;
             }
             let io = std::pin::Pin::new(self.socket.get_mut());
             let mut wrote = match io.poll_write_vectored(cx, &slices[..count]) {
