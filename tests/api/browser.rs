@@ -319,6 +319,33 @@ impl PageState {
     }
 }
 
+/// A Postgres relay with a vault of `notes` (written in order by atem-a)
+/// and a read-only link to it.
+struct Linked {
+    app: TestApp,
+    session: String,
+    vault: String,
+    link_id: String,
+    url: String,
+}
+
+async fn linked_vault(summary: &str, notes: &[&str]) -> Linked {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, _, session) = app.work_session("desk").await;
+    let vault = app.create_vault(&session, "atem-a", summary).await;
+    for note in notes {
+        app.write(&vault, &session, "atem-a", note, None).await;
+    }
+    let (link_id, url) = make_link(&app, &vault, &session).await;
+    Linked {
+        app,
+        session,
+        vault,
+        link_id,
+        url,
+    }
+}
+
 /// A read-only link to `vault` made by `session`; returns (link_id, url).
 async fn make_link(app: &TestApp, vault: &str, session: &str) -> (String, String) {
     let (status, body) = app
@@ -447,12 +474,13 @@ async fn read_only_link_shows_the_vault_and_hides_its_secret() {
 /// edit replaces its entry instead of adding one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_updates_append_and_replace_entries() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, _, session) = app.work_session("desk").await;
-    let vault = app.create_vault(&session, "atem-a", "Live").await;
-    app.write(&vault, &session, "atem-a", "plan: read the contract", None)
-        .await;
-    let (_, url) = make_link(&app, &vault, &session).await;
+    let Linked {
+        app,
+        session,
+        vault,
+        url,
+        ..
+    } = linked_vault("Live", &["plan: read the contract"]).await;
 
     let (browser, _) = open_live(&url, "the stream to be live", 1).await;
 
@@ -532,14 +560,13 @@ async fn live_updates_append_and_replace_entries() {
 /// shows every row exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_reconnects_after_a_restart_without_gaps_or_duplicates() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, _, session) = app.work_session("desk").await;
-    let vault = app.create_vault(&session, "atem-a", "Restart").await;
-    app.write(&vault, &session, "atem-a", "before 1", None)
-        .await;
-    app.write(&vault, &session, "atem-a", "before 2", None)
-        .await;
-    let (_, url) = make_link(&app, &vault, &session).await;
+    let Linked {
+        app,
+        session,
+        vault,
+        url,
+        ..
+    } = linked_vault("Restart", &["before 1", "before 2"]).await;
 
     let (browser, _) = open_live(&url, "the stream to be live", 2).await;
 
@@ -627,16 +654,17 @@ async fn hostile_content_is_shown_as_text() {
     const IMG: &str = "<img src=x onerror=alert(1)>";
     const SCRIPT: &str = "<script>window.__pwned=1</script>";
     const SUMMARY: &str = "<b>bold?</b><img src=x onerror=alert(2)>";
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, _, session) = app.work_session("desk").await;
-    let vault = app.create_vault(&session, "atem-a", SUMMARY).await;
-    app.write(&vault, &session, "atem-a", IMG, None).await;
-    app.write(&vault, &session, "atem-a", SCRIPT, None).await;
+    let Linked {
+        app,
+        session,
+        vault,
+        url,
+        ..
+    } = linked_vault(SUMMARY, &[IMG, SCRIPT]).await;
     let writer = "<i onmouseover=alert(3)>w</i>";
     let encoded_writer: String =
         percent_encoding::utf8_percent_encode(writer, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
-    let (_, url) = make_link(&app, &vault, &session).await;
 
     let (browser, _) = open_live(&url, "the hostile entries to load", 2).await;
     // One more through the stream, with a hostile writer id too.
@@ -685,12 +713,13 @@ async fn hostile_content_is_shown_as_text() {
 /// way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_link_stops_working() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, _, session) = app.work_session("desk").await;
-    let vault = app.create_vault(&session, "atem-a", "Soon private").await;
-    app.write(&vault, &session, "atem-a", "a secret plan", None)
-        .await;
-    let (link_id, url) = make_link(&app, &vault, &session).await;
+    let Linked {
+        app,
+        session,
+        vault,
+        link_id,
+        url,
+    } = linked_vault("Soon private", &["a secret plan"]).await;
 
     let (browser, _) = open_live(&url, "the linked vault to be live", 1).await;
 
