@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
-use common::{field_str, ms, percentile, send_json, thousands};
+use common::{bench_session, field_str, ms, percentile, send_json, thousands};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -1241,23 +1241,7 @@ impl Api {
             .pool_max_idle_per_host(128)
             .build()?;
         let base = format!("http://{addr}");
-        let astation = send_json(
-            http.post(format!("{base}/api/admin/astations"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({ "name": "bench" })),
-        )
-        .await?;
-        let token = field_str(&astation, "token")?;
-        let session = send_json(
-            http.post(format!("{base}/api/sessions"))
-                .bearer_auth(&token)
-                .json(&json!({ "hostname": "bench" })),
-        )
-        .await?;
-        if session["status"] != "granted" {
-            return Err(format!("the bench session was not granted: {session}").into());
-        }
-        let session = field_str(&session, "id")?;
+        let session = bench_session(&http, &base, ADMIN_TOKEN).await?;
         Ok(Api {
             http,
             base,

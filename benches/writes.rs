@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{field_str, ms, percentile, send_json, thousands};
+use common::{bench_session, field_str, ms, percentile, send_json, thousands};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -535,7 +535,7 @@ impl RelaySide {
             .pool_max_idle_per_host(writers * 2)
             .build()?;
         let base = format!("http://127.0.0.1:{}", relay.port);
-        let session = bench_session(&http, &base).await?;
+        let session = bench_session(&http, &base, ADMIN_TOKEN).await?;
         let mut vaults = Vec::new();
         for i in 0..writers {
             let v = send_json(
@@ -605,24 +605,6 @@ async fn check_stored(
         }
     }
     Ok(None)
-}
-
-/// Registers an astation and mints a granted session with its token.
-async fn bench_session(http: &reqwest::Client, base: &str) -> Result<String> {
-    let astation = send_json(
-        http.post(format!("{base}/api/admin/astations"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({ "name": "bench" })),
-    )
-    .await?;
-    let token = field_str(&astation, "token")?;
-    let session = send_json(
-        http.post(format!("{base}/api/sessions"))
-            .bearer_auth(&token)
-            .json(&json!({ "hostname": "bench" })),
-    )
-    .await?;
-    field_str(&session, "id")
 }
 
 // ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! Helpers both benchmarks use: talking to the relay's JSON API, and
 //! summarizing and printing their figures.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -23,6 +23,32 @@ pub fn field_str(v: &Value, field: &str) -> Result<String> {
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| format!("no `{field}` in {v}").into())
+}
+
+/// Registers an astation with `admin_token` and mints a session with the
+/// astation's token (granted at once); returns the session id.
+pub async fn bench_session(
+    http: &reqwest::Client,
+    base: &str,
+    admin_token: &str,
+) -> Result<String> {
+    let astation = send_json(
+        http.post(format!("{base}/api/admin/astations"))
+            .bearer_auth(admin_token)
+            .json(&json!({ "name": "bench" })),
+    )
+    .await?;
+    let token = field_str(&astation, "token")?;
+    let session = send_json(
+        http.post(format!("{base}/api/sessions"))
+            .bearer_auth(&token)
+            .json(&json!({ "hostname": "bench" })),
+    )
+    .await?;
+    if session["status"] != "granted" {
+        return Err(format!("the bench session was not granted: {session}").into());
+    }
+    field_str(&session, "id")
 }
 
 /// Nearest-rank percentile of sorted values.
