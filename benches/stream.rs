@@ -14,7 +14,9 @@
 //!    spread over them: delivery latency.
 //!
 //! Each figure is printed beside its target, or the figure measured before
-//! the current design where the target is a ratio to it.
+//! the current design where the target is a ratio to it. Figures 1 and 4
+//! also check that each subscriber got every acknowledged row of its vault
+//! exactly once, in seq order.
 //!
 //! Run with `cargo bench --bench stream` (or `scripts/bench`, which raises
 //! the open-file limit first); `-- --quick` runs reduced sizes as a smoke
@@ -364,6 +366,47 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
+/// How one subscriber's stream departs from its vault's acknowledged rows
+/// (`acked`, sorted), if it does: each must arrive exactly once, in seq
+/// order. Rows it saw that were not acknowledged in the measurement (the
+/// warm-up's) are left out.
+fn stream_fault(acked: &[i64], received: impl Iterator<Item = i64>) -> Option<String> {
+    let mut next = 0;
+    for seq in received.filter(|seq| acked.binary_search(seq).is_ok()) {
+        match acked.get(next) {
+            Some(&want) if want == seq => next += 1,
+            Some(&want) if seq < want => {
+                return Some(format!("seq {seq} again (or out of order) before {want}"));
+            }
+            Some(&want) => return Some(format!("seq {want} skipped, {seq} came instead")),
+            None => return Some(format!("seq {seq} again, after the last row")),
+        }
+    }
+    acked
+        .get(next)
+        .map(|want| format!("{} rows from seq {want} on never came", acked.len() - next))
+}
+
+/// Prints whether every subscriber got each acknowledged row of its vault
+/// exactly once and in order; `streams` is (acked rows, received seqs).
+fn report_exactly_once<'a, I>(streams: impl Iterator<Item = (&'a [i64], I)>)
+where
+    I: Iterator<Item = i64>,
+{
+    let faults: Vec<(usize, String)> = streams
+        .enumerate()
+        .filter_map(|(i, (acked, received))| stream_fault(acked, received).map(|f| (i, f)))
+        .collect();
+    match faults.first() {
+        None => println!("every acknowledged row reached every subscriber once, in seq order: met"),
+        Some((i, fault)) => println!(
+            "every acknowledged row reached every subscriber once, in seq order: MISSED \
+             ({} streams; first, subscriber {i}: {fault})",
+            faults.len()
+        ),
+    }
+}
+
 /// The command as the user would type it again.
 fn command_line(opts: &Options, postgres: bool) -> String {
     let env = if postgres {
@@ -585,6 +628,8 @@ async fn fan_out(
             ended.push(why.clone());
         }
     }
+    let mut acked: Vec<i64> = sends.iter().map(|&(seq, _, _)| seq).collect();
+    acked.sort_unstable();
     let mut rtts: Vec<u64> = sends.iter().map(|&(_, _, rtt)| rtt).collect();
     latencies.sort_unstable();
     rtts.sort_unstable();
@@ -654,6 +699,11 @@ async fn fan_out(
             );
         }
     }
+    report_exactly_once(
+        results
+            .iter()
+            .map(|r| (acked.as_slice(), r.entries.iter().map(|&(seq, _)| seq))),
+    );
     if !ended.is_empty() {
         println!(
             "note: the relay ended {} of {subs} streams early (first: {})",
@@ -970,7 +1020,10 @@ async fn many_vaults(api: &Arc<Api>, plan: &Plan, text: &str, targets: &Targets)
     // The join presence frames settle.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let sends = Arc::new(Mutex::new(Vec::<(i64, u64)>::with_capacity(total as usize)));
+    // (vault index, seq, sent at) per append.
+    let sends = Arc::new(Mutex::new(Vec::<(usize, i64, u64)>::with_capacity(
+        total as usize,
+    )));
     let in_flight = Arc::new(Semaphore::new(64));
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let mut writes = Vec::with_capacity(total as usize);
@@ -979,14 +1032,15 @@ async fn many_vaults(api: &Arc<Api>, plan: &Plan, text: &str, targets: &Targets)
         tick.tick().await;
         let permit = in_flight.clone().acquire_owned().await?;
         let api = api.clone();
-        let vault = vaults[i as usize % vault_count].clone();
+        let index = i as usize % vault_count;
+        let vault = vaults[index].clone();
         let text = text.to_string();
         let sends = sends.clone();
         writes.push(tokio::spawn(async move {
             let sent = nanos_since(base);
             let seq = api.append(&vault, &text).await?;
             drop(permit);
-            lock(&sends).push((seq, sent));
+            lock(&sends).push((index, seq, sent));
             Ok::<_, BoxError>(())
         }));
     }
@@ -1000,14 +1054,25 @@ async fn many_vaults(api: &Arc<Api>, plan: &Plan, text: &str, targets: &Targets)
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
-    let sent_at: HashMap<i64, u64> = lock(&sends).iter().copied().collect();
+    let sends = std::mem::take(&mut *lock(&sends));
+    let sent_at: HashMap<i64, u64> = sends.iter().map(|&(_, seq, t)| (seq, t)).collect();
+    let mut acked: Vec<Vec<i64>> = vec![Vec::new(); vault_count];
+    for &(index, seq, _) in &sends {
+        acked[index].push(seq);
+    }
+    for rows in &mut acked {
+        rows.sort_unstable();
+    }
     let mut latencies = Vec::with_capacity(expected as usize);
+    let mut received = Vec::with_capacity(subs);
     for r in readers {
-        for (seq, at) in r.await? {
+        let entries = r.await?;
+        for &(seq, at) in &entries {
             if let Some(&t) = sent_at.get(&seq) {
                 latencies.push(at.saturating_sub(t));
             }
         }
+        received.push(entries);
     }
     latencies.sort_unstable();
     let before = |v: f64| {
@@ -1034,6 +1099,12 @@ async fn many_vaults(api: &Arc<Api>, plan: &Plan, text: &str, targets: &Targets)
         thousands(latencies.len() as u64),
         thousands(expected),
     );
+    report_exactly_once(received.iter().enumerate().map(|(i, entries)| {
+        (
+            acked[i % vault_count].as_slice(),
+            entries.iter().map(|&(seq, _)| seq),
+        )
+    }));
     Ok(())
 }
 
