@@ -5,9 +5,12 @@
 //! [`listener`] turns those notices into [`Notice`]s.
 
 pub mod batch;
+mod credentials;
 mod encryption;
 pub mod idempotency;
+mod links;
 pub mod listener;
+mod presence;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +18,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgExecutor, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
@@ -189,6 +191,23 @@ impl PgStore {
             .await?;
         Ok(())
     }
+
+    /// Runs `update` and, when it changed a row, sends `notice` in the same
+    /// transaction (so it goes out at commit); returns whether it did. What
+    /// revocations do: a credential revoked twice notifies once.
+    async fn update_and_notify(
+        pool: &PgPool,
+        update: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+        notice: serde_json::Value,
+    ) -> StoreResult<bool> {
+        let mut tx = pool.begin().await?;
+        if update.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::notify(&mut tx, notice).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }
 
 fn entry_from_row(row: &PgRow) -> Result<Entry, sqlx::Error> {
@@ -218,33 +237,6 @@ fn vault_from_columns(row: &PgRow, prefix: &str) -> Result<Vault, sqlx::Error> {
         created_at: row.try_get(col("created_at").as_str())?,
         writers: row.try_get(col("writers").as_str())?,
         head_seq: row.try_get(col("head_seq").as_str())?,
-    })
-}
-
-fn session_from_row(row: &PgRow) -> StoreResult<SessionRecord> {
-    let state: String = row.try_get("state")?;
-    Ok(SessionRecord {
-        id_hash: row.try_get("id_hash")?,
-        hostname: row.try_get("hostname")?,
-        state: SessionState::parse(&state)
-            .ok_or_else(|| StoreError::Fault(format!("unknown session state {state}")))?,
-        astation_id: row.try_get("astation_id")?,
-        otp_hash: row.try_get("otp_hash")?,
-        failed_attempts: row.try_get("failed_attempts")?,
-        expires_at: row.try_get("expires_at")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn link_from_row(row: &PgRow) -> Result<ReadLink, sqlx::Error> {
-    Ok(ReadLink {
-        link_id: row.try_get("link_id")?,
-        secret_hash: row.try_get("secret_hash")?,
-        vault_id: row.try_get("vault_id")?,
-        created_by: row.try_get("created_by")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked: row.try_get("revoked")?,
     })
 }
 
@@ -439,124 +431,35 @@ impl Store for PgStore {
     }
 
     async fn create_astation(&self, astation: &Astation, token_hash: &str) -> StoreResult<()> {
-        sqlx::query(
-            "insert into astations (id, name, token_hash, created_at) values ($1, $2, $3, $4)",
-        )
-        .bind(&astation.astation_id)
-        .bind(&astation.name)
-        .bind(token_hash)
-        .bind(astation.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                StoreError::Conflict("astation exists".into())
-            }
-            other => other.into(),
-        })?;
-        Ok(())
+        credentials::create_astation(&self.pool, astation, token_hash).await
     }
 
     async fn list_astations(&self) -> StoreResult<Vec<Astation>> {
-        let rows =
-            sqlx::query("select id, name, created_at from astations order by created_at, id")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Astation {
-                    astation_id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        credentials::list_astations(&self.pool).await
     }
 
     async fn astation_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Astation>> {
-        let row = sqlx::query("select id, name, created_at from astations where token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(Astation {
-                astation_id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        credentials::astation_by_token_hash(&self.pool, token_hash).await
     }
 
     async fn delete_astation(&self, astation_id: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("delete from astations where id = $1")
-            .bind(astation_id)
-            .execute(&mut *tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(StoreError::AstationNotFound);
-        }
-        sqlx::query("update sessions set state = 'revoked' where astation_id = $1")
-            .bind(astation_id)
-            .execute(&mut *tx)
-            .await?;
-        Self::notify(&mut tx, json!({"t": "revoke", "astation": astation_id})).await?;
-        tx.commit().await?;
-        Ok(())
+        credentials::delete_astation(&self.pool, astation_id).await
     }
 
     async fn revoke_session(&self, id_hash: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "update sessions set state = 'revoked' where id_hash = $1 and state <> 'revoked'",
-        )
-        .bind(id_hash)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
-        }
-        Self::notify(&mut tx, json!({"t": "revoke", "session": id_hash})).await?;
-        tx.commit().await?;
-        Ok(true)
+        credentials::revoke_session(&self.pool, id_hash).await
     }
 
     async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
-        sqlx::query(
-            "insert into sessions
-                (id_hash, hostname, state, astation_id, otp_hash, failed_attempts, expires_at, created_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&s.id_hash)
-        .bind(&s.hostname)
-        .bind(s.state.as_str())
-        .bind(&s.astation_id)
-        .bind(&s.otp_hash)
-        .bind(s.failed_attempts)
-        .bind(s.expires_at)
-        .bind(s.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        credentials::insert_session(&self.pool, s).await
     }
 
     async fn purge_unpaired_sessions(&self, before: DateTime<Utc>) -> StoreResult<()> {
-        sqlx::query(
-            "delete from sessions where state in ('pending', 'denied') and expires_at < $1",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        credentials::purge_unpaired_sessions(&self.pool, before).await
     }
 
     async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query("select * from sessions where id_hash = $1")
-            .bind(id_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(session_from_row).transpose()
+        credentials::session(&self.pool, id_hash).await
     }
 
     async fn session_and_vault(
@@ -564,27 +467,7 @@ impl Store for PgStore {
         id_hash: &str,
         vault_id: &str,
     ) -> StoreResult<(Option<SessionRecord>, Option<Vault>)> {
-        let row = sqlx::query(
-            "select s.*, v.id as v_id, v.summary as v_summary, v.work_session as v_work_session,
-                    v.creator as v_creator, v.created_at as v_created_at,
-                    v.writers as v_writers, v.head_seq as v_head_seq
-             from (select 1) as one
-             left join sessions s on s.id_hash = $1
-             left join vaults v on v.id = $2",
-        )
-        .bind(id_hash)
-        .bind(vault_id)
-        .fetch_one(&self.pool)
-        .await?;
-        let session = match row.try_get::<Option<String>, _>("id_hash")? {
-            Some(_) => Some(session_from_row(&row)?),
-            None => None,
-        };
-        let vault = match row.try_get::<Option<String>, _>("v_id")? {
-            Some(_) => Some(vault_from_columns(&row, "v_")?),
-            None => None,
-        };
-        Ok((session, vault))
+        credentials::session_and_vault(&self.pool, id_hash, vault_id).await
     }
 
     async fn transition_session(
@@ -594,17 +477,7 @@ impl Store for PgStore {
         to: SessionState,
         astation_id: Option<&str>,
     ) -> StoreResult<bool> {
-        let updated = sqlx::query(
-            "update sessions set state = $3, astation_id = coalesce($4, astation_id)
-             where id_hash = $1 and state = $2",
-        )
-        .bind(id_hash)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(astation_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(updated.rows_affected() == 1)
+        credentials::transition_session(&self.pool, id_hash, from, to, astation_id).await
     }
 
     async fn record_failed_code(
@@ -612,61 +485,15 @@ impl Store for PgStore {
         id_hash: &str,
         limit: i32,
     ) -> StoreResult<Option<SessionRecord>> {
-        // One statement: concurrent wrong guesses queue on the row lock and
-        // each re-checks `state` after the one before it, so at most `limit`
-        // of them are counted and the rest find the session denied.
-        let row = sqlx::query(
-            "update sessions set
-                failed_attempts = failed_attempts + 1,
-                state = case when failed_attempts + 1 >= $2 then 'denied' else state end
-             where id_hash = $1 and state = 'pending' and expires_at > now()
-             returning *",
-        )
-        .bind(id_hash)
-        .bind(limit)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(session_from_row).transpose()
+        credentials::record_failed_code(&self.pool, id_hash, limit).await
     }
 
     async fn insert_ticket(&self, t: &StreamTicket) -> StoreResult<()> {
-        // Expired tickets are swept on the way in so the table stays small.
-        sqlx::query("delete from stream_tickets where expires_at < now()")
-            .execute(&self.pool)
-            .await?;
-        sqlx::query(
-            "insert into stream_tickets (ticket_hash, vault_id, session_hash, link_hash, client_id, expires_at)
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&t.ticket_hash)
-        .bind(&t.vault_id)
-        .bind(&t.session_hash)
-        .bind(&t.link_hash)
-        .bind(&t.client_id)
-        .bind(t.expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        credentials::insert_ticket(&self.pool, t).await
     }
 
     async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<StreamTicket>> {
-        let row = sqlx::query(
-            "delete from stream_tickets where ticket_hash = $1 and expires_at > now() returning *",
-        )
-        .bind(ticket_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(StreamTicket {
-                ticket_hash: r.try_get("ticket_hash")?,
-                vault_id: r.try_get("vault_id")?,
-                session_hash: r.try_get("session_hash")?,
-                link_hash: r.try_get("link_hash")?,
-                client_id: r.try_get("client_id")?,
-                expires_at: r.try_get::<DateTime<Utc>, _>("expires_at")?,
-            })
-        })
-        .transpose()
+        credentials::take_ticket(&self.pool, ticket_hash).await
     }
 
     async fn update_watchers(
@@ -675,164 +502,35 @@ impl Store for PgStore {
         joined: &[WatcherRecord],
         left: &[i64],
     ) -> StoreResult<()> {
-        // One statement (so one transaction and one round trip) for a whole
-        // burst of opens and closes, with one notice per vault; the table is
-        // unlogged (migrations/0009), so the commit waits for no disk flush.
-        let conns: Vec<i64> = joined.iter().map(|w| w.conn_id).collect();
-        let vaults: Vec<&str> = joined.iter().map(|w| w.vault_id.as_str()).collect();
-        let atems: Vec<&str> = joined.iter().map(|w| w.atem_id.as_str()).collect();
-        let clients: Vec<&str> = joined.iter().map(|w| w.client_id.as_str()).collect();
-        sqlx::query(
-            "with added as (
-                insert into stream_watchers (replica_id, conn_id, vault_id, atem_id, client_id)
-                select $1, c, v, a, cl from unnest($2::bigint[], $3::text[], $4::text[], $5::text[])
-                    as j(c, v, a, cl)
-                returning vault_id),
-             gone as (
-                delete from stream_watchers where replica_id = $1 and conn_id = any($6)
-                returning vault_id),
-             touched as (select vault_id from added union select vault_id from gone)
-             select pg_notify($7, json_build_object('t', 'presence', 'v', vault_id, 'r', $1::text)::text)
-             from touched",
-        )
-        .bind(replica_id)
-        .bind(&conns)
-        .bind(&vaults)
-        .bind(&atems)
-        .bind(&clients)
-        .bind(left)
-        .bind(CHANNEL)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        presence::update_watchers(&self.pool, replica_id, joined, left).await
     }
 
     async fn watchers(&self, vault_id: &str, limit: i64) -> StoreResult<(Vec<Watcher>, i64)> {
-        // Only replicas that said they were alive recently count (see heartbeat).
-        let rows = sqlx::query(
-            "select atem_id, client_id, count(*) over () as total
-             from stream_watchers w join relay_replicas r using (replica_id)
-             where w.vault_id = $1 and r.heartbeat_at > now() - interval '60 seconds'
-             order by w.joined_at, w.replica_id, w.conn_id
-             limit $2",
-        )
-        .bind(vault_id)
-        .bind(limit.max(1))
-        .fetch_all(&self.pool)
-        .await?;
-        let total = match rows.first() {
-            Some(r) => r.try_get("total")?,
-            None => 0,
-        };
-        let listed = rows
-            .iter()
-            .map(|r| {
-                Ok(Watcher {
-                    atem_id: r.try_get("atem_id")?,
-                    client_id: r.try_get("client_id")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok((listed, total))
+        presence::watchers(&self.pool, vault_id, limit).await
     }
 
     async fn heartbeat(&self, replica_id: &str, stale_after: Duration) -> StoreResult<()> {
-        sqlx::query(
-            "insert into relay_replicas (replica_id) values ($1)
-             on conflict (replica_id) do update set heartbeat_at = now()",
-        )
-        .bind(replica_id)
-        .execute(&self.pool)
-        .await?;
-        // Sweep what crashed replicas left behind.
-        let secs = stale_after.as_secs_f64();
-        sqlx::query(
-            "delete from stream_watchers where replica_id in (
-                select replica_id from relay_replicas
-                where heartbeat_at < now() - make_interval(secs => $1))",
-        )
-        .bind(secs)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(
-            "delete from relay_replicas where heartbeat_at < now() - make_interval(secs => $1)",
-        )
-        .bind(secs)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        presence::heartbeat(&self.pool, replica_id, stale_after).await
     }
 
     async fn forget_replica(&self, replica_id: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let vaults: Vec<String> = sqlx::query_scalar(
-            "delete from stream_watchers where replica_id = $1 returning vault_id",
-        )
-        .bind(replica_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        sqlx::query("delete from relay_replicas where replica_id = $1")
-            .bind(replica_id)
-            .execute(&mut *tx)
-            .await?;
-        let mut seen = std::collections::HashSet::new();
-        for vault_id in vaults.into_iter().filter(|v| seen.insert(v.clone())) {
-            Self::notify(&mut tx, json!({"t": "presence", "v": vault_id})).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        presence::forget_replica(&self.pool, replica_id).await
     }
 
     async fn insert_link(&self, l: &ReadLink) -> StoreResult<()> {
-        sqlx::query(
-            "insert into read_links (link_id, secret_hash, vault_id, created_by, created_at, expires_at, revoked)
-             values ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&l.link_id)
-        .bind(&l.secret_hash)
-        .bind(&l.vault_id)
-        .bind(&l.created_by)
-        .bind(l.created_at)
-        .bind(l.expires_at)
-        .bind(l.revoked)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        links::insert_link(&self.pool, l).await
     }
 
     async fn link_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<ReadLink>> {
-        let row = sqlx::query("select * from read_links where secret_hash = $1")
-            .bind(secret_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(link_from_row).transpose()?)
+        links::link_by_secret_hash(&self.pool, secret_hash).await
     }
 
     async fn links_for_vault(&self, vault_id: &str) -> StoreResult<Vec<ReadLink>> {
-        let rows = sqlx::query(
-            "select * from read_links where vault_id = $1 order by created_at, link_id",
-        )
-        .bind(vault_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(link_from_row).collect::<Result<_, _>>()?)
+        links::links_for_vault(&self.pool, vault_id).await
     }
 
     async fn revoke_link(&self, vault_id: &str, link_id: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "update read_links set revoked = true where vault_id = $1 and link_id = $2 and not revoked",
-        )
-        .bind(vault_id)
-        .bind(link_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
-        }
-        Self::notify(&mut tx, json!({"t": "revoke", "link": link_id})).await?;
-        tx.commit().await?;
-        Ok(true)
+        links::revoke_link(&self.pool, vault_id, link_id).await
     }
 
     async fn create_vault_keyed(
@@ -969,6 +667,7 @@ pub(crate) fn parse_notice(payload: &str) -> Option<Notice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn notices_round_trip_through_their_payload() {
