@@ -14,11 +14,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth;
 use crate::config::{
     AstationCommand, Command, Config, EncryptionCommand, RelayClientArgs, SessionCommand,
     WatchArgs, WatchTransport,
 };
+use crate::pairing;
 use crate::startup::open_store;
 use crate::stream::frames::CLOSE_REVOKED;
 
@@ -57,7 +57,7 @@ async fn astation(cmd: AstationCommand, config: &Config) -> Result<(), String> {
     let store = open_store(config).await.map_err(|e| e.to_string())?;
     match cmd {
         AstationCommand::Add { name } => {
-            let (a, token) = auth::register_astation(store.as_ref(), &name)
+            let (a, token) = pairing::register_astation(store.as_ref(), &name)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("astation_id: {}", a.astation_id);

@@ -3,7 +3,7 @@
 //! and pushes new entries live over WebSockets.
 //!
 //! A request travels one way: HTTP edge ([`http`]) → operations ([`vaults`])
-//! and rules ([`auth`], [`access`]) → [`store`]. Live streams ([`stream`]) are fed by the store's
+//! and rules ([`auth`], [`pairing`], [`access`]) → [`store`]. Live streams ([`stream`]) are fed by the store's
 //! commit notices, never by the handlers.
 //!
 //! - [`config`]: every setting, from flags or the environment.
@@ -11,6 +11,8 @@
 //! - [`state`]: what every handler shares (store, settings, hub).
 //! - [`shutdown`]: the one shutdown signal shared by server and sockets.
 //! - [`error`]: the API error type and its JSON body.
+//! - [`pairing`]: astations, pending sessions and the one-time codes that
+//!   grant them.
 //! - [`secrets`]: random identifiers, tokens and their hashes.
 //! - [`identity`]: atem id sanitizing.
 //! - [`limits`]: the rate limits (failed authentications, pairings, writes).
@@ -40,6 +42,7 @@ pub mod identity;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
+pub mod pairing;
 pub mod polling;
 pub mod secrets;
 pub mod server;

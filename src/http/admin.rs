@@ -7,9 +7,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, AdminAuth};
+use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::http::openapi::{AdminRefusals, BodyRefusals, Empty, ErrorBody};
+use crate::pairing;
 use crate::state::AppState;
 use crate::store::Astation;
 
@@ -54,7 +55,7 @@ async fn add(
     _admin: AdminAuth,
     ApiJson(body): ApiJson<AddAstationBody>,
 ) -> Result<Json<AstationAdded>, ApiError> {
-    let (astation, token) = auth::register_astation(state.store.as_ref(), &body.name).await?;
+    let (astation, token) = pairing::register_astation(state.store.as_ref(), &body.name).await?;
     tracing::info!(astation_id = %astation.astation_id, "astation registered");
     Ok(Json(AstationAdded {
         astation_id: astation.astation_id,

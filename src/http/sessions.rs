@@ -13,6 +13,7 @@ use crate::auth::{self, AstationAuth};
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::http::openapi::{BodyRefusals, Empty, ErrorBody, Refusals};
 use crate::limits::ClientAddr;
+use crate::pairing;
 use crate::state::AppState;
 
 /// Routes under `/api/sessions`.
@@ -95,10 +96,10 @@ async fn create(
     ApiJson(body): ApiJson<CreateSessionBody>,
 ) -> Result<Json<SessionCreated>, ApiError> {
     let store = state.store.as_ref();
-    let hostname = auth::validate_name("hostname", &body.hostname, false)?;
+    let hostname = pairing::validate_name("hostname", &body.hostname, false)?;
     match auth::optional_astation(&state, addr, &headers).await? {
         Some(astation) => {
-            let id = auth::mint_session(store, &astation, &hostname).await?;
+            let id = pairing::mint_session(store, &astation, &hostname).await?;
             Ok(Json(SessionCreated::Granted {
                 id,
                 status: "granted",
@@ -107,7 +108,7 @@ async fn create(
         }
         None => {
             state.limits.check_pairing(addr)?;
-            let p = auth::start_pairing(store, &hostname, state.settings.pairing_ttl).await?;
+            let p = pairing::start_pairing(store, &hostname, state.settings.pairing_ttl).await?;
             Ok(Json(SessionCreated::Pending {
                 id: p.id,
                 otp: p.otp,
@@ -136,7 +137,7 @@ async fn status(
     addr: ClientAddr,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SessionStatus>, ApiError> {
-    let status = auth::session_status(&state, addr, &id).await?;
+    let status = pairing::session_status(&state, addr, &id).await?;
     Ok(Json(SessionStatus {
         status,
         astation_id: None,
@@ -169,7 +170,7 @@ async fn grant(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<GrantSessionBody>,
 ) -> Result<Json<SessionStatus>, ApiError> {
-    auth::grant(state.store.as_ref(), &id, &body.otp, &astation).await?;
+    pairing::grant(state.store.as_ref(), &id, &body.otp, &astation).await?;
     Ok(Json(SessionStatus {
         status: "granted",
         astation_id: Some(astation.astation_id),
@@ -197,7 +198,7 @@ async fn deny(
     AstationAuth(_astation): AstationAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SessionStatus>, ApiError> {
-    auth::deny(state.store.as_ref(), &id).await?;
+    pairing::deny(state.store.as_ref(), &id).await?;
     Ok(Json(SessionStatus {
         status: "denied",
         astation_id: None,
