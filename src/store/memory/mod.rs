@@ -4,6 +4,10 @@
 //! atomic and seq order equals commit order; the notice is sent after the
 //! lock is released, i.e. after the "commit".
 
+mod credentials;
+mod links;
+mod presence;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -14,9 +18,8 @@ use crate::encryption::{self, FieldCounts, ModeChange, ModeState, Rewrite, mode:
 
 use super::{
     Astation, Committed, Entry, IdempotencyClaim, KIND_CONTENT, Keyed, NewEntry, NewVault, Notice,
-    PriorResponse, ReadLink, Revocation, SessionRecord, SessionState, Store, StoreError,
-    StoreResult, StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteKey,
-    WriteReceipt,
+    PriorResponse, ReadLink, SessionRecord, SessionState, Store, StoreError, StoreResult,
+    StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteKey, WriteReceipt,
 };
 
 /// Capacity of the notice channel; a lagging receiver resyncs from the store.
@@ -399,92 +402,38 @@ impl Store for MemoryStore {
     }
 
     async fn create_astation(&self, astation: &Astation, token_hash: &str) -> StoreResult<()> {
-        let mut st = self.lock();
-        if st.astations.contains_key(&astation.astation_id) {
-            return Err(StoreError::Conflict("astation exists".into()));
-        }
-        st.astations.insert(
-            astation.astation_id.clone(),
-            (astation.clone(), token_hash.to_string()),
-        );
-        Ok(())
+        credentials::create_astation(self, astation, token_hash)
     }
 
     async fn list_astations(&self) -> StoreResult<Vec<Astation>> {
-        let mut all: Vec<Astation> = self
-            .lock()
-            .astations
-            .values()
-            .map(|(a, _)| a.clone())
-            .collect();
-        all.sort_by(|a, b| (a.created_at, &a.astation_id).cmp(&(b.created_at, &b.astation_id)));
-        Ok(all)
+        credentials::list_astations(self)
     }
 
     async fn astation_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Astation>> {
-        Ok(self
-            .lock()
-            .astations
-            .values()
-            .find(|(_, h)| h == token_hash)
-            .map(|(a, _)| a.clone()))
+        credentials::astation_by_token_hash(self, token_hash)
     }
 
     async fn delete_astation(&self, astation_id: &str) -> StoreResult<()> {
-        {
-            let mut st = self.lock();
-            if st.astations.remove(astation_id).is_none() {
-                return Err(StoreError::AstationNotFound);
-            }
-            for s in st.sessions.values_mut() {
-                if s.astation_id.as_deref() == Some(astation_id) {
-                    s.state = SessionState::Revoked;
-                }
-            }
-        }
-        self.announce(Notice::Revoked(Revocation::Astation(
-            astation_id.to_string(),
-        )));
-        Ok(())
+        credentials::delete_astation(self, astation_id)
     }
 
     async fn revoke_session(&self, id_hash: &str) -> StoreResult<bool> {
-        let changed = {
-            let mut st = self.lock();
-            match st.sessions.get_mut(id_hash) {
-                Some(s) if s.state != SessionState::Revoked => {
-                    s.state = SessionState::Revoked;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if changed {
-            self.announce(Notice::Revoked(Revocation::Session(id_hash.to_string())));
-        }
-        Ok(changed)
+        credentials::revoke_session(self, id_hash)
     }
 
     async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()> {
-        self.lock()
-            .sessions
-            .insert(session.id_hash.clone(), session.clone());
-        Ok(())
+        credentials::insert_session(self, session)
     }
 
     async fn purge_unpaired_sessions(
         &self,
         before: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<()> {
-        self.lock().sessions.retain(|_, s| {
-            let unpaired = matches!(s.state, SessionState::Pending | SessionState::Denied);
-            !(unpaired && s.expires_at < before)
-        });
-        Ok(())
+        credentials::purge_unpaired_sessions(self, before)
     }
 
     async fn session(&self, id_hash: &str) -> StoreResult<Option<SessionRecord>> {
-        Ok(self.lock().sessions.get(id_hash).cloned())
+        credentials::session(self, id_hash)
     }
 
     async fn transition_session(
@@ -494,17 +443,7 @@ impl Store for MemoryStore {
         to: SessionState,
         astation_id: Option<&str>,
     ) -> StoreResult<bool> {
-        let mut st = self.lock();
-        match st.sessions.get_mut(id_hash) {
-            Some(s) if s.state == from => {
-                s.state = to;
-                if let Some(a) = astation_id {
-                    s.astation_id = Some(a.to_string());
-                }
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        credentials::transition_session(self, id_hash, from, to, astation_id)
     }
 
     async fn record_failed_code(
@@ -512,36 +451,15 @@ impl Store for MemoryStore {
         id_hash: &str,
         limit: i32,
     ) -> StoreResult<Option<SessionRecord>> {
-        let mut st = self.lock();
-        let Some(s) = st.sessions.get_mut(id_hash) else {
-            return Ok(None);
-        };
-        if s.state != SessionState::Pending || s.expires_at <= super::now() {
-            return Ok(None);
-        }
-        s.failed_attempts += 1;
-        if s.failed_attempts >= limit {
-            s.state = SessionState::Denied;
-        }
-        Ok(Some(s.clone()))
+        credentials::record_failed_code(self, id_hash, limit)
     }
 
     async fn insert_ticket(&self, ticket: &StreamTicket) -> StoreResult<()> {
-        let mut st = self.lock();
-        let now = super::now();
-        // Expired tickets are dropped here so the map stays small.
-        st.tickets.retain(|_, t| t.expires_at > now);
-        st.tickets
-            .insert(ticket.ticket_hash.clone(), ticket.clone());
-        Ok(())
+        credentials::insert_ticket(self, ticket)
     }
 
     async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<StreamTicket>> {
-        Ok(self
-            .lock()
-            .tickets
-            .remove(ticket_hash)
-            .filter(|t| t.expires_at > super::now()))
+        credentials::take_ticket(self, ticket_hash)
     }
 
     async fn update_watchers(
@@ -550,50 +468,11 @@ impl Store for MemoryStore {
         joined: &[WatcherRecord],
         left: &[i64],
     ) -> StoreResult<()> {
-        let mut touched: Vec<String> = Vec::new();
-        let mut touch = |vault_id: &str| {
-            if !touched.iter().any(|v| v == vault_id) {
-                touched.push(vault_id.to_string());
-            }
-        };
-        {
-            let mut st = self.lock();
-            if !left.is_empty() {
-                st.watchers.retain(|w| {
-                    let gone = w.replica_id == replica_id && left.contains(&w.conn_id);
-                    if gone {
-                        touch(&w.vault_id);
-                    }
-                    !gone
-                });
-            }
-            for w in joined {
-                touch(&w.vault_id);
-                st.watchers.push(w.clone());
-            }
-        }
-        for vault_id in touched {
-            self.announce(Notice::Presence {
-                vault_id,
-                by: Some(replica_id.to_string()),
-            });
-        }
-        Ok(())
+        presence::update_watchers(self, replica_id, joined, left)
     }
 
     async fn watchers(&self, vault_id: &str, limit: i64) -> StoreResult<(Vec<Watcher>, i64)> {
-        let st = self.lock();
-        let all = st.watchers.iter().filter(|w| w.vault_id == vault_id);
-        let count = all.clone().count();
-        let limit = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
-        let listed = all
-            .take(limit)
-            .map(|w| Watcher {
-                atem_id: w.atem_id.clone(),
-                client_id: w.client_id.clone(),
-            })
-            .collect();
-        Ok((listed, i64::try_from(count).unwrap_or(i64::MAX)))
+        presence::watchers(self, vault_id, limit)
     }
 
     async fn heartbeat(
@@ -606,61 +485,23 @@ impl Store for MemoryStore {
     }
 
     async fn forget_replica(&self, replica_id: &str) -> StoreResult<()> {
-        let mut vaults: Vec<String> = Vec::new();
-        self.lock().watchers.retain(|w| {
-            let gone = w.replica_id == replica_id;
-            if gone && !vaults.contains(&w.vault_id) {
-                vaults.push(w.vault_id.clone());
-            }
-            !gone
-        });
-        for vault_id in vaults {
-            self.announce(Notice::Presence { vault_id, by: None });
-        }
-        Ok(())
+        presence::forget_replica(self, replica_id)
     }
 
     async fn insert_link(&self, link: &ReadLink) -> StoreResult<()> {
-        self.lock().links.insert(link.link_id.clone(), link.clone());
-        Ok(())
+        links::insert_link(self, link)
     }
 
     async fn link_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<ReadLink>> {
-        Ok(self
-            .lock()
-            .links
-            .values()
-            .find(|l| l.secret_hash == secret_hash)
-            .cloned())
+        links::link_by_secret_hash(self, secret_hash)
     }
 
     async fn links_for_vault(&self, vault_id: &str) -> StoreResult<Vec<ReadLink>> {
-        let mut links: Vec<ReadLink> = self
-            .lock()
-            .links
-            .values()
-            .filter(|l| l.vault_id == vault_id)
-            .cloned()
-            .collect();
-        links.sort_by_key(|l| l.created_at);
-        Ok(links)
+        links::links_for_vault(self, vault_id)
     }
 
     async fn revoke_link(&self, vault_id: &str, link_id: &str) -> StoreResult<bool> {
-        let changed = {
-            let mut st = self.lock();
-            match st.links.get_mut(link_id) {
-                Some(l) if l.vault_id == vault_id && !l.revoked => {
-                    l.revoked = true;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if changed {
-            self.announce(Notice::Revoked(Revocation::Link(link_id.to_string())));
-        }
-        Ok(changed)
+        links::revoke_link(self, vault_id, link_id)
     }
 
     async fn create_vault_keyed(
