@@ -16,16 +16,8 @@ use crate::helpers::{Backend, TestApp, test_config};
 use driver::{Browser, LIVE_WAIT, PageState, WAIT, within};
 
 /// A Postgres relay with a vault of `notes` (written in order by atem-a)
-/// and a read-only link to it.
-struct Linked {
-    app: TestApp,
-    session: String,
-    vault: String,
-    link_id: String,
-    url: String,
-}
-
-async fn linked_vault(summary: &str, notes: &[&str]) -> Linked {
+/// and a read-only link to it: (relay, session, vault, link id, link url).
+async fn linked_vault(summary: &str, notes: &[&str]) -> (TestApp, String, String, String, String) {
     let app = TestApp::spawn(Backend::Postgres).await;
     let (_, _, session) = app.work_session("desk").await;
     let vault = app.create_vault(&session, "atem-a", summary).await;
@@ -33,13 +25,7 @@ async fn linked_vault(summary: &str, notes: &[&str]) -> Linked {
         app.write(&vault, &session, "atem-a", note, None).await;
     }
     let (link_id, url) = make_link(&app, &vault, &session).await;
-    Linked {
-        app,
-        session,
-        vault,
-        link_id,
-        url,
-    }
+    (app, session, vault, link_id, url)
 }
 
 /// A read-only link to `vault` made by `session`; returns (link_id, url).
@@ -170,13 +156,7 @@ async fn read_only_link_shows_the_vault_and_hides_its_secret() {
 /// edit replaces its entry instead of adding one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_updates_append_and_replace_entries() {
-    let Linked {
-        app,
-        session,
-        vault,
-        url,
-        ..
-    } = linked_vault("Live", &["plan: read the contract"]).await;
+    let (app, session, vault, _, url) = linked_vault("Live", &["plan: read the contract"]).await;
 
     let (browser, _) = open_live(&url, "the stream to be live", 1).await;
 
@@ -256,13 +236,7 @@ async fn live_updates_append_and_replace_entries() {
 /// shows every row exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_reconnects_after_a_restart_without_gaps_or_duplicates() {
-    let Linked {
-        app,
-        session,
-        vault,
-        url,
-        ..
-    } = linked_vault("Restart", &["before 1", "before 2"]).await;
+    let (app, session, vault, _, url) = linked_vault("Restart", &["before 1", "before 2"]).await;
 
     let (browser, _) = open_live(&url, "the stream to be live", 2).await;
 
@@ -350,13 +324,7 @@ async fn hostile_content_is_shown_as_text() {
     const IMG: &str = "<img src=x onerror=alert(1)>";
     const SCRIPT: &str = "<script>window.__pwned=1</script>";
     const SUMMARY: &str = "<b>bold?</b><img src=x onerror=alert(2)>";
-    let Linked {
-        app,
-        session,
-        vault,
-        url,
-        ..
-    } = linked_vault(SUMMARY, &[IMG, SCRIPT]).await;
+    let (app, session, vault, _, url) = linked_vault(SUMMARY, &[IMG, SCRIPT]).await;
     let writer = "<i onmouseover=alert(3)>w</i>";
     let encoded_writer: String =
         percent_encoding::utf8_percent_encode(writer, percent_encoding::NON_ALPHANUMERIC)
@@ -409,13 +377,8 @@ async fn hostile_content_is_shown_as_text() {
 /// way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_link_stops_working() {
-    let Linked {
-        app,
-        session,
-        vault,
-        link_id,
-        url,
-    } = linked_vault("Soon private", &["a secret plan"]).await;
+    let (app, session, vault, link_id, url) =
+        linked_vault("Soon private", &["a secret plan"]).await;
 
     let (browser, _) = open_live(&url, "the linked vault to be live", 1).await;
 
