@@ -119,6 +119,25 @@ impl McpClient {
         (s["status"].as_u64().expect("status") as u16, words)
     }
 
+    /// Asserts that REST answered `want` (`rest`: its status and body) and
+    /// that `tool` refuses `args` with the same status and the same words.
+    async fn refuses_like_rest(
+        &self,
+        tool: &str,
+        args: Value,
+        rest: (StatusCode, Value),
+        want: StatusCode,
+    ) {
+        let (status, body) = rest;
+        assert_eq!(status, want, "REST: {body}");
+        let words = body["error"].as_str().expect("REST error words");
+        assert_eq!(
+            self.refused(tool, args).await,
+            (want.as_u16(), words.to_string()),
+            "{tool}"
+        );
+    }
+
     async fn subscribe(&self, vault: &str) {
         #[allow(deprecated)]
         let subscribed = self
@@ -321,7 +340,8 @@ async fn refusals_are_tool_errors_in_the_rest_words(backend: Backend) {
 
     // A stranger's session cannot read, write or summarize: the REST
     // status and words, as a tool error.
-    let (rest_status, rest_body) = app
+    let forbidden = StatusCode::FORBIDDEN;
+    let rest = app
         .vault_call(
             Method::GET,
             &format!("/api/vault/{v}"),
@@ -330,33 +350,21 @@ async fn refusals_are_tool_errors_in_the_rest_words(backend: Backend) {
             None,
         )
         .await;
-    assert_eq!(rest_status, StatusCode::FORBIDDEN);
-    let refused = stranger.refused("vault_read", json!({"vault_id": v})).await;
-    assert_eq!(
-        refused,
-        (403, rest_body["error"].as_str().unwrap().to_string())
-    );
-    let (rest_status, rest_body) = app
+    stranger
+        .refuses_like_rest("vault_read", json!({"vault_id": v}), rest, forbidden)
+        .await;
+    let rest = app
         .try_write(&v, &away, "stranger", json!({"text": "x"}))
         .await;
-    assert_eq!(rest_status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        stranger
-            .refused("vault_write", json!({"vault_id": v, "text": "x"}))
-            .await,
-        (403, rest_body["error"].as_str().unwrap().to_string())
-    );
-    let (rest_status, rest_body) = app.set_summary(&v, &away, "stranger", "mine now").await;
-    assert_eq!(rest_status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        stranger
-            .refused(
-                "vault_set_summary",
-                json!({"vault_id": v, "text": "mine now"})
-            )
-            .await,
-        (403, rest_body["error"].as_str().unwrap().to_string())
-    );
+    let args = json!({"vault_id": v, "text": "x"});
+    stranger
+        .refuses_like_rest("vault_write", args, rest, forbidden)
+        .await;
+    let rest = app.set_summary(&v, &away, "stranger", "mine now").await;
+    let args = json!({"vault_id": v, "text": "mine now"});
+    stranger
+        .refuses_like_rest("vault_set_summary", args, rest, forbidden)
+        .await;
     assert_eq!(
         stranger.ok("vault_list", json!({})).await,
         json!({ "vaults": [] })
@@ -367,45 +375,31 @@ async fn refusals_are_tool_errors_in_the_rest_words(backend: Backend) {
 
     // The other rules hold too: no such vault, a missing entry, bad input.
     let member = connect(&app, &home, "owner").await;
-    let (status, rest_body) = app
+    let missing = "v-doesnotexist1";
+    let rest = app
         .vault_call(
             Method::GET,
-            "/api/vault/v-doesnotexist1",
+            &format!("/api/vault/{missing}"),
             &home,
             "owner",
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        member
-            .refused("vault_read", json!({"vault_id": "v-doesnotexist1"}))
-            .await,
-        (404, rest_body["error"].as_str().unwrap().to_string())
-    );
-    let (status, rest_body) = app
-        .try_write(&v, &home, "owner", json!({"text": "x", "entry_id": 9}))
+    let args = json!({"vault_id": missing});
+    member
+        .refuses_like_rest("vault_read", args, rest, StatusCode::NOT_FOUND)
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(
+    for (body, want) in [
+        (json!({"text": "x", "entry_id": 9}), StatusCode::NOT_FOUND),
+        (json!({"text": "a\u{0}b"}), StatusCode::BAD_REQUEST),
+    ] {
+        let rest = app.try_write(&v, &home, "owner", body.clone()).await;
+        let mut args = body;
+        args["vault_id"] = json!(v);
         member
-            .refused(
-                "vault_write",
-                json!({"vault_id": v, "text": "x", "entry_id": 9})
-            )
-            .await,
-        (404, rest_body["error"].as_str().unwrap().to_string())
-    );
-    let (status, rest_body) = app
-        .try_write(&v, &home, "owner", json!({"text": "a\u{0}b"}))
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        member
-            .refused("vault_write", json!({"vault_id": v, "text": "a\u{0}b"}))
-            .await,
-        (400, rest_body["error"].as_str().unwrap().to_string())
-    );
+            .refuses_like_rest("vault_write", args, rest, want)
+            .await;
+    }
     let (status, _) = app
         .try_write(&v, &home, "owner", json!({"text": "x", "entry_id": 0}))
         .await;
