@@ -15,11 +15,18 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, TestApp, test_config};
 use driver::{Browser, LIVE_WAIT, PageState, WAIT, within};
 
+/// A relay on `backend` and a work session "desk" granted by its astation:
+/// (relay, astation token, session id).
+async fn desk(backend: Backend) -> (TestApp, String, String) {
+    let app = TestApp::spawn(backend).await;
+    let (_, token, session) = app.work_session("desk").await;
+    (app, token, session)
+}
+
 /// A Postgres relay with a vault of `notes` (written in order by atem-a)
 /// and a read-only link to it: (relay, session, vault, link id, link url).
 async fn linked_vault(summary: &str, notes: &[&str]) -> (TestApp, String, String, String, String) {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, _, session) = app.work_session("desk").await;
+    let (app, _, session) = desk(Backend::Postgres).await;
     let vault = app.create_vault(&session, "atem-a", summary).await;
     for note in notes {
         app.write(&vault, &session, "atem-a", note, None).await;
@@ -76,8 +83,7 @@ async fn open_as_session(browser: &Browser, app: &TestApp, session: &str, vault:
 /// leaves the address bar at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_link_shows_the_vault_and_hides_its_secret() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, _, session) = app.work_session("desk").await;
+    let (app, _, session) = desk(Backend::Postgres).await;
     let vault = app
         .create_vault(&session, "atem-a", "Ship the viewer")
         .await;
@@ -433,8 +439,7 @@ async fn revoked_link_stops_working() {
 /// session id and lists the work session's vaults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_sign_in_lists_the_vaults() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, token, session) = app.work_session("desk").await;
+    let (app, token, session) = desk(Backend::Postgres).await;
     let first = app
         .create_vault(&session, "atem-a", "Refactor the store")
         .await;
@@ -530,8 +535,7 @@ async fn token_sign_in_lists_the_vaults() {
 /// the astation grants it, the page is signed in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pairing_sign_in_waits_for_the_grant() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, token, session) = app.work_session("desk").await;
+    let (app, token, session) = desk(Backend::Postgres).await;
     app.create_vault(&session, "atem-a", "Paired view").await;
 
     let browser = Browser::launch().await;
@@ -581,8 +585,7 @@ async fn pairing_sign_in_waits_for_the_grant() {
 /// names a file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_user_shares_and_revokes_a_link() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-    let (_, _, session) = app.work_session("desk").await;
+    let (app, _, session) = desk(Backend::Postgres).await;
     let vault = app
         .create_vault(
             &session,
@@ -670,14 +673,11 @@ async fn session_user_shares_and_revokes_a_link() {
 
     // The link works for someone else until it is revoked here.
     let secret = share_url.split("link=").nth(1).expect("secret");
-    let (status, _) = app
-        .call(
-            Method::GET,
-            &format!("/api/vault/{vault}/info?id=someone"),
-            Some(&format!("link {secret}")),
-            None,
-        )
-        .await;
+    let (info, by_link) = (
+        format!("/api/vault/{vault}/info?id=someone"),
+        format!("link {secret}"),
+    );
+    let (status, _) = app.call(Method::GET, &info, Some(&by_link), None).await;
     assert_eq!(status, StatusCode::OK);
 
     if let Ok(path) = std::env::var("VIEWER_SCREENSHOT") {
@@ -710,14 +710,7 @@ async fn session_user_shares_and_revokes_a_link() {
             s.0["links"][0]["state"] == "revoked"
         })
         .await;
-    let (status, _) = app
-        .call(
-            Method::GET,
-            &format!("/api/vault/{vault}/info?id=someone"),
-            Some(&format!("link {secret}")),
-            None,
-        )
-        .await;
+    let (status, _) = app.call(Method::GET, &info, Some(&by_link), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     drop(watchers);
     browser.close().await;
@@ -733,8 +726,7 @@ const BADGE_JS: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelopes_are_shown_locked_and_rewrites_replace_rows_in_place() {
     use crate::encryption::{KID, seal};
-    let app = TestApp::spawn(Backend::Memory).await;
-    let (_, token, session) = app.work_session("desk").await;
+    let (app, token, session) = desk(Backend::Memory).await;
     let vault = app.create_vault(&session, "atem-a", "Sealed plans").await;
     app.write(&vault, &session, "atem-a", "a plain first note", None)
         .await;
