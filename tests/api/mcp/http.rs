@@ -11,6 +11,28 @@ use serde_json::{Value, json};
 use super::{UPDATE_WAIT, connect};
 use crate::helpers::{Backend, TestApp};
 
+/// A hand-made JSON-RPC POST to `/mcp` as agent-1 with `session`'s
+/// credential, inside MCP session `mcp_session` when given.
+fn mcp_post(
+    app: &TestApp,
+    session: &str,
+    mcp_session: Option<&str>,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let req = app
+        .client
+        .post(format!("{}/mcp?id=agent-1", app.base))
+        .header("authorization", format!("Bearer {session}"))
+        .header("accept", "application/json, text/event-stream")
+        .json(body);
+    match mcp_session {
+        Some(id) => req
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", "2025-06-18"),
+        None => req,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_before_any_exchange_are_http_errors_with_the_json_body() {
     let app = TestApp::spawn(Backend::Memory).await;
@@ -127,18 +149,10 @@ async fn a_subscribed_session_whose_client_never_answers_pings_is_closed() {
     // A hand-rolled client that subscribes but never opens the event
     // stream, so the relay's pings cannot reach it.
     let rpc = async |session: Option<&str>, body: Value| {
-        let mut req = app
-            .client
-            .post(format!("{}/mcp?id=agent-1", app.base))
-            .header("authorization", format!("Bearer {s}"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&body);
-        if let Some(id) = session {
-            req = req
-                .header("mcp-session-id", id)
-                .header("mcp-protocol-version", "2025-06-18");
-        }
-        let resp = req.send().await.expect("the relay answers");
+        let resp = mcp_post(&app, &s, session, &body)
+            .send()
+            .await
+            .expect("the relay answers");
         let status = resp.status();
         let id = resp
             .headers()
@@ -205,18 +219,7 @@ async fn an_mcp_session_stays_with_the_credential_that_opened_it() {
     let (_, _, mine) = app.work_session("home").await;
     let (_, _, theirs) = app.work_session("away").await;
     let post = |session: &str, mcp_session: Option<&str>, body: Value| {
-        let mut req = app
-            .client
-            .post(format!("{}/mcp?id=agent-1", app.base))
-            .header("authorization", format!("Bearer {session}"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&body);
-        if let Some(id) = mcp_session {
-            req = req
-                .header("mcp-session-id", id)
-                .header("mcp-protocol-version", "2025-06-18");
-        }
-        req.send()
+        mcp_post(&app, session, mcp_session, &body).send()
     };
     let opened = post(
         &mine,
