@@ -1,5 +1,5 @@
-//! Astations, sessions and stream tickets on Postgres: the credentials the
-//! access rules (src/access.rs) check. Revocations notify in their own
+//! Astations, sessions and stream tickets on Postgres: the credentials that
+//! src/auth.rs resolves callers by. Revocations notify in their own
 //! transaction, so every replica's streams hear of them at commit.
 
 use chrono::{DateTime, Utc};

@@ -16,11 +16,6 @@ mod pump;
 use crate::shutdown::Shutdown;
 use crate::store::{Revocation, Store, StoreError, Vault, Watcher, WatcherRecord};
 
-/// Rows fetched per query when the hub pumps a vault.
-const PUMP_PAGE: i64 = 500;
-/// Notices folded into one burst at most.
-const MAX_BURST: usize = 4096;
-
 /// What a vault's subscribers receive.
 #[derive(Clone, Debug)]
 pub enum Event {

@@ -11,10 +11,15 @@ use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{Event, Hub, MAX_BURST, PUMP_PAGE, VaultChannel, lock};
+use super::{Event, Hub, VaultChannel, lock};
 use crate::shutdown::Shutdown;
 use crate::store::{Committed, Notice, StoreError};
 use crate::stream::frames::{self, Frame};
+
+/// Rows fetched per query when the hub pumps a vault.
+const PUMP_PAGE: i64 = 500;
+/// Notices folded into one burst at most.
+const MAX_BURST: usize = 4096;
 
 impl Hub {
     /// The notice pump: folds bursts of notices, then reads each touched
