@@ -11,6 +11,11 @@
 //!   own write before it batched, kept here verbatim so that the baseline
 //!   does not move when the relay's SQL does), on a fresh database of its
 //!   own, with one connection per writer.
+//! - **the hop** (1 writer only): the same relay binary on its in-memory
+//!   store, driven by the same client. It costs what the relay adds to a
+//!   write apart from the database (the HTTP exchange and the relay's own
+//!   work), and so bounds the 1-writer ratio: a relay pays the hop plus its
+//!   database work, which is at least raw's.
 //!
 //! Both run with Postgres's durability settings as they are (fsync on is
 //! checked and printed), set up side by side and driven in alternating
@@ -248,7 +253,7 @@ async fn run(server: &str, plan: &Plan, quick: bool) -> Result<()> {
         let outcome = measure(&raw_db.url, &relay_db.url, writers, plan, &text).await;
         raw_db.drop_with(&mut admin).await;
         relay_db.drop_with(&mut admin).await;
-        let (relay, raw) = outcome?;
+        let (relay, raw, hop) = outcome?;
         let ratio = relay.per_sec() / raw.per_sec().max(f64::MIN_POSITIVE);
         let target = match target_ratio(writers) {
             Some(t) if ratio >= t => format!(">= {t}x: met"),
@@ -272,11 +277,29 @@ async fn run(server: &str, plan: &Plan, quick: bool) -> Result<()> {
             println!("         relay check FAILED: {problem}");
             failed = true;
         }
+        if let Some(hop) = hop {
+            print_hop(&hop, &raw);
+        }
     }
     if failed {
         return Err("acknowledged writes were not all stored as acknowledged".into());
     }
     Ok(())
+}
+
+/// The hop's figure and the ceiling it puts on the relay's ratio: a relay
+/// is the hop (client, HTTP, the relay's own work) plus its database work,
+/// so even a relay whose database work cost exactly raw's would spend
+/// 1/raw + 1/hop seconds per append.
+fn print_hop(hop: &Outcome, raw: &Outcome) {
+    let ceiling = 1.0 / (1.0 / raw.per_sec() + 1.0 / hop.per_sec());
+    println!(
+        "         the hop alone (the same relay on its in-memory store, same client): {}; \
+         so at most {}/s ({:.2}x of raw) for a relay whose database work cost what raw's does",
+        hop.figure().trim_start(),
+        thousands(ceiling.round() as u64),
+        ceiling / raw.per_sec()
+    );
 }
 
 fn entry_text() -> String {
@@ -412,17 +435,26 @@ async fn join_all(
 
 /// Measures one writer count: the relay and the baseline are set up side
 /// by side, then driven in alternating rounds, so that a change in the
-/// machine's load during the run weighs on both alike. Returns (relay, raw).
+/// machine's load during the run weighs on both alike. At one writer a
+/// third side joins the rounds: the hop, the same relay on its in-memory
+/// store, which costs what the relay adds to a write apart from the
+/// database. Returns (relay, raw, hop).
 async fn measure(
     raw_url: &str,
     relay_url: &str,
     writers: usize,
     plan: &Plan,
     text: &str,
-) -> Result<(Outcome, Outcome)> {
+) -> Result<(Outcome, Outcome, Option<Outcome>)> {
     let raw = RawSide::setup(raw_url, writers, text).await?;
-    let relay = RelaySide::setup(relay_url, writers, text).await?;
+    let relay = RelaySide::setup(Some(relay_url), writers, text).await?;
+    let hop = if writers == 1 {
+        Some(RelaySide::setup(None, writers, text).await?)
+    } else {
+        None
+    };
     let (mut raw_total, mut relay_total) = (Outcome::empty(), Outcome::empty());
+    let mut hop_total = hop.as_ref().map(|_| Outcome::empty());
     let mut acknowledged = vec![0; writers];
     for _ in 0..plan.rounds {
         raw_total.add(raw.round(plan).await?.0);
@@ -431,11 +463,17 @@ async fn measure(
         for (total, n) in acknowledged.iter_mut().zip(acked) {
             *total += n;
         }
+        if let (Some(hop), Some(total)) = (&hop, &mut hop_total) {
+            total.add(hop.round(plan).await?.0);
+        }
     }
     raw.pool.close().await;
     relay.relay.stop();
+    if let Some(hop) = hop {
+        hop.relay.stop();
+    }
     relay_total.problem = check_stored(relay_url, &relay.vaults, &acknowledged).await?;
-    Ok((relay_total, raw_total))
+    Ok((relay_total, raw_total, hop_total))
 }
 
 /// The baseline: one connection per writer, held for the whole run (so no
@@ -516,8 +554,8 @@ async fn append_raw(
     Ok(())
 }
 
-/// The relay: the release binary on its own database, one client per
-/// writer, a vault each.
+/// The relay: the release binary on its own database (or on its in-memory
+/// store, for the hop), one client per writer, a vault each.
 struct RelaySide {
     relay: Relay,
     http: reqwest::Client,
@@ -528,7 +566,7 @@ struct RelaySide {
 }
 
 impl RelaySide {
-    async fn setup(url: &str, writers: usize, text: &str) -> Result<RelaySide> {
+    async fn setup(url: Option<&str>, writers: usize, text: &str) -> Result<RelaySide> {
         let relay = Relay::start(url).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -627,14 +665,19 @@ impl Drop for Relay {
 }
 
 impl Relay {
-    async fn start(database_url: &str) -> Result<Relay> {
+    /// Starts the relay on `database_url`, or on its in-memory store.
+    async fn start(database_url: Option<&str>) -> Result<Relay> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(RELAY_BIN)
+        let mut command = Command::new(RELAY_BIN);
+        match database_url {
+            Some(url) => command.env("DATABASE_URL", url),
+            None => command.env_remove("DATABASE_URL"),
+        };
+        let child = command
             .env("PORT", port.to_string())
             .env("BIND_ADDR", "127.0.0.1")
-            .env("DATABASE_URL", database_url)
             .env("RELAY_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "error")
             // The benchmark is one client writing as fast as it can: turn
