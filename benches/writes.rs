@@ -438,7 +438,8 @@ async fn join_all(
 /// machine's load during the run weighs on both alike. At one writer a
 /// third side joins the rounds: the hop, the same relay on its in-memory
 /// store, which costs what the relay adds to a write apart from the
-/// database. Returns (relay, raw, hop).
+/// database (a bound, not a relay figure: its rows are not counted).
+/// Returns (relay, raw, hop).
 async fn measure(
     raw_url: &str,
     relay_url: &str,
@@ -448,13 +449,15 @@ async fn measure(
 ) -> Result<(Outcome, Outcome, Option<Outcome>)> {
     let raw = RawSide::setup(raw_url, writers, text).await?;
     let relay = RelaySide::setup(Some(relay_url), writers, text).await?;
-    let hop = if writers == 1 {
-        Some(RelaySide::setup(None, writers, text).await?)
+    let mut hop = if writers == 1 {
+        Some((
+            RelaySide::setup(None, writers, text).await?,
+            Outcome::empty(),
+        ))
     } else {
         None
     };
     let (mut raw_total, mut relay_total) = (Outcome::empty(), Outcome::empty());
-    let mut hop_total = hop.as_ref().map(|_| Outcome::empty());
     let mut acknowledged = vec![0; writers];
     for _ in 0..plan.rounds {
         raw_total.add(raw.round(plan).await?.0);
@@ -463,17 +466,18 @@ async fn measure(
         for (total, n) in acknowledged.iter_mut().zip(acked) {
             *total += n;
         }
-        if let (Some(hop), Some(total)) = (&hop, &mut hop_total) {
-            total.add(hop.round(plan).await?.0);
+        if let Some((side, total)) = &mut hop {
+            total.add(side.round(plan).await?.0);
         }
     }
     raw.pool.close().await;
     relay.relay.stop();
-    if let Some(hop) = hop {
-        hop.relay.stop();
-    }
+    let hop = hop.map(|(side, total)| {
+        side.relay.stop();
+        total
+    });
     relay_total.problem = check_stored(relay_url, &relay.vaults, &acknowledged).await?;
-    Ok((relay_total, raw_total, hop_total))
+    Ok((relay_total, raw_total, hop))
 }
 
 /// The baseline: one connection per writer, held for the whole run (so no
