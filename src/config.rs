@@ -274,6 +274,11 @@ pub struct Config {
     /// vault's rows.
     #[arg(long, env = "MAX_REWRITE_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_rewrite_body_bytes: usize,
+    /// Stream opens in progress at once, from their checks to the end of
+    /// their greeting (hello, presence, mode; not the replay); more wait
+    /// their turn. 0: 16 per worker thread.
+    #[arg(long, env = "STREAM_MAX_OPENING", default_value_t = 0)]
+    pub stream_max_opening: usize,
     /// Frames per second a stream's client may send (pings included)
     /// before it is closed with 1008; 0 turns the limit off.
     #[arg(long, env = "STREAM_MAX_CLIENT_FRAMES_PER_SEC", default_value_t = 50)]

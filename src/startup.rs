@@ -134,6 +134,10 @@ impl Application {
             stream_opens: Arc::new(tokio::sync::Semaphore::new(crate::state::open_slots(
                 &config,
             ))),
+            stream_openings: Arc::new(tokio::sync::Semaphore::new(crate::state::opening_slots(
+                &config,
+                tokio::runtime::Handle::current().metrics().num_workers(),
+            ))),
         });
         let connection_limits = ConnectionLimits {
             header_timeout: secs_or_off(config.http_header_timeout_secs),

@@ -100,6 +100,32 @@ pub struct Shared {
     /// Stream opens that may be checking their request at once (see
     /// [`open_slots`]).
     pub stream_opens: Arc<tokio::sync::Semaphore>,
+    /// Stream opens in progress at once, checks and greeting (see
+    /// [`opening_slots`]).
+    pub stream_openings: Arc<tokio::sync::Semaphore>,
+}
+
+/// Stream opens in progress at once, per worker thread, by default.
+pub const OPENING_PER_WORKER: usize = 16;
+
+/// How many stream opens may be in progress at once, from their checks to
+/// the end of their greeting. A reconnect storm is ten thousand opens at
+/// once, and the runtime runs tasks in the order they became ready: with
+/// every open in progress together, thousands of their tasks queue ahead
+/// of each REST request that arrives meanwhile (REST reads of 30 to 140 ms
+/// at p99 during a storm, while each took 15 µs in its route). Opens beyond
+/// this number wait for a turn without being scheduled, and each turn
+/// lasts at least `stream::flow::TURN_AT_LEAST`, which leaves the relay
+/// time for everything else (docs/benchmarks.md). The replay is not part
+/// of the turn: a subscriber far behind must not hold up the opens after
+/// it. The greeting cannot hold a turn for long, even for a client that
+/// does not read: its frames (a few KiB at most) fit in the socket's send
+/// buffer.
+pub fn opening_slots(config: &Config, workers: usize) -> usize {
+    match config.stream_max_opening {
+        0 => OPENING_PER_WORKER * workers.max(1),
+        n => n,
+    }
 }
 
 /// How many stream opens may run their checks (credential, vault) at once.

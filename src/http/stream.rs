@@ -25,7 +25,7 @@ use crate::limits::ClientAddr;
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::{StreamTicket, Vault};
-use crate::stream::flow::{self, StreamRequest};
+use crate::stream::flow::{self, Opening, StreamRequest};
 use crate::stream::socket::{self, SocketLimits, WebSocket};
 use crate::stream::sse;
 use crate::stream::upgrade::Upgrade;
@@ -144,6 +144,15 @@ async fn open(
     q: StreamQuery,
     last_event_id: Option<&str>,
 ) -> Result<Box<StreamRequest>, ApiError> {
+    // An open's turn (state::opening_slots) lasts until its greeting is
+    // sent: it travels with the request, and the flow gives it back.
+    let opening = state
+        .stream_openings
+        .clone()
+        .acquire_owned()
+        .await
+        .map(Opening::new)
+        .map_err(|_| ApiError::Unavailable("the relay is shutting down".into()))?;
     // Opens take turns with their checks (state::open_slots); the permit
     // goes when the checks are done.
     let _turn = state
@@ -185,6 +194,7 @@ async fn open(
         revocations,
         ping_every: state.settings.stream_ping,
         metrics: state.metrics.clone(),
+        opening,
     }))
 }
 

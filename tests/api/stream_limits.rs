@@ -2,8 +2,9 @@
 //! reading (the relay's output stays bounded and the client is closed),
 //! send a message over 64 KiB (1009), or send more frames per second than
 //! allowed (1008); and what it may: ping while it does not read, and get
-//! every pong and row whole once it reads again. Limits are set explicitly
-//! per test.
+//! every pong and row whole once it reads again. Stream opens take turns
+//! and give them back after their greeting, not their replay. Limits are
+//! set explicitly per test.
 
 use std::time::Duration;
 
@@ -22,17 +23,21 @@ both_stores!(
     too_many_frames_per_second_close_with_1008,
     a_client_within_its_frame_allowance_keeps_its_stream,
     pongs_and_rows_to_a_client_that_pauses_arrive_whole,
+    stream_opens_take_turns_and_give_them_back,
+    a_replay_does_not_hold_up_the_next_open,
 );
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// Opens a stream over a plain socket; `receive_buffer` pins the client's
-/// kernel receive buffer (no autotuning) for a client that will not read.
+/// Opens a stream over a plain socket (`query` is appended as is);
+/// `receive_buffer` pins the client's kernel receive buffer (no
+/// autotuning) for a client that will not read.
 async fn connect(
     app: &TestApp,
     vault: &str,
     session: &str,
     client: &str,
+    query: &str,
     receive_buffer: Option<u32>,
 ) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -40,7 +45,10 @@ async fn connect(
         socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
     }
     let tcp = socket.connect(app.addr).await.expect("connect");
-    let url = format!("ws://{}/api/vault/{vault}/stream?id={client}", app.addr);
+    let url = format!(
+        "ws://{}/api/vault/{vault}/stream?id={client}{query}",
+        app.addr
+    );
     let mut request = url.into_client_request().expect("stream request");
     request.headers_mut().insert(
         "authorization",
@@ -115,7 +123,7 @@ async fn pinging_client(backend: Backend, send_timeout_ms: u64) -> (TestApp, (St
     .await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
-    let ws = connect(&app, &v, &s, "pinger", Some(16 * 1024)).await;
+    let ws = connect(&app, &v, &s, "pinger", "", Some(16 * 1024)).await;
     (app, (s, v), ws)
 }
 
@@ -168,7 +176,7 @@ async fn a_message_over_64_kib_closes_with_1009(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
-    let mut ws = connect(&app, &v, &s, "big", None).await;
+    let mut ws = connect(&app, &v, &s, "big", "", None).await;
     next_text(&mut ws).await;
     // Exactly 64 KiB is still accepted (and ignored).
     ws.send(Message::Text("x".repeat(64 * 1024).into()))
@@ -196,7 +204,7 @@ async fn too_many_frames_per_second_close_with_1008(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| c.stream_max_client_frames_per_sec = 10).await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
-    let mut ws = connect(&app, &v, &s, "chatty", None).await;
+    let mut ws = connect(&app, &v, &s, "chatty", "", None).await;
     // Pings count like any frame; 40 at once is four times the allowance.
     for _ in 0..40 {
         if ws.send(Message::Ping(Bytes::new())).await.is_err() {
@@ -212,7 +220,7 @@ async fn a_client_within_its_frame_allowance_keeps_its_stream(backend: Backend) 
     let app = TestApp::spawn_with(backend, |c| c.stream_max_client_frames_per_sec = 10).await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
-    let mut ws = connect(&app, &v, &s, "polite", None).await;
+    let mut ws = connect(&app, &v, &s, "polite", "", None).await;
     next_text(&mut ws).await;
     for _ in 0..8 {
         ws.send(Message::Ping(Bytes::new())).await.expect("send");
@@ -283,4 +291,72 @@ async fn pongs_and_rows_to_a_client_that_pauses_arrive_whole(backend: Backend) {
     }
     assert_eq!(entries, seqs, "every row once, in order");
     assert!(pongs > 1000, "{pongs} pongs for {pings} pings");
+}
+
+/// Opens wait for a turn (here one at a time) from their checks to their
+/// greeting, and every open gives its turn back: a refused one at once,
+/// an accepted one after its greeting.
+async fn stream_opens_take_turns_and_give_them_back(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.stream_max_opening = 1).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "turns").await;
+    let refused = app.stream(&v, Some("not-a-session"), "stranger", "").await;
+    let (status, body) = refused.err().expect("a wrong session is refused");
+    assert_eq!(status, 401, "{body}");
+    let opens = (0..12).map(|i| {
+        let (app, v, s) = (&app, v.clone(), s.clone());
+        async move {
+            let mut stream = app.open_stream(&v, &s, &format!("c{i}"), "").await;
+            stream.next_frame().await
+        }
+    });
+    let opened = tokio::time::timeout(FRAME_WAIT, futures_util::future::join_all(opens))
+        .await
+        .expect("every open gets its turn");
+    for hello in opened {
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["vault_id"], v.as_str());
+        assert_eq!(hello["summary"], "turns");
+    }
+}
+
+/// A turn ends with the greeting, not the replay: a client far behind that
+/// does not read, its replay stuck on a full socket, leaves the next open
+/// free to go.
+async fn a_replay_does_not_hold_up_the_next_open(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.stream_max_opening = 1;
+        // Long enough that only a turn given back lets the next open in.
+        c.stream_send_timeout_ms = 60_000;
+    })
+    .await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    // 8 MiB of rows: more than the kernel's buffers on both ends hold.
+    let text = "r".repeat(64 * 1024);
+    for _ in 0..128 {
+        app.write(&v, &s, "c", &text, None).await;
+    }
+    let mut behind = connect(&app, &v, &s, "behind", "&since=0", Some(16 * 1024)).await;
+    assert_eq!(next_text(&mut behind).await["type"], "hello");
+    // The replay is under way and stuck; the next open goes all the same.
+    let next = async {
+        let mut stream = app.open_stream(&v, &s, "next", "").await;
+        stream.next_frame().await
+    };
+    let hello = tokio::time::timeout(FRAME_WAIT, next)
+        .await
+        .expect("the next open is not held up by the replay");
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["head_seq"], 128);
+    // And the client behind still gets every row once it reads.
+    let mut rows = 0;
+    while rows < 128 {
+        let frame = next_text(&mut behind).await;
+        if frame["type"] == "entry" {
+            rows += 1;
+            assert_eq!(frame["seq"], rows);
+        }
+    }
+    assert_eq!(next_text(&mut behind).await["type"], "caught_up");
 }
