@@ -36,7 +36,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bench_session, field_str, ms, percentile, send_json, thousands};
+use common::{
+    RELAY_BIN, bench_session, client_runtime, field_str, ms, percentile, send_json, thousands,
+    wait_until_healthy,
+};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -46,7 +49,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, BoxError>;
 
 /// The relay binary `cargo bench` builds next to this benchmark.
-const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vault-relay");
 /// Admin token of the relay this benchmark starts.
 const ADMIN_TOKEN: &str = "adm-bench-writes";
 /// Size of each entry's text, in bytes.
@@ -171,16 +173,9 @@ fn main() -> ExitCode {
             measure: Duration::from_secs(2),
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bench-client")
-        .build()
-    {
+    let runtime = match client_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(&server, &plan, quick)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -694,23 +689,8 @@ impl Relay {
             .spawn()
             .map_err(|e| format!("cannot start {RELAY_BIN}: {e}"))?;
         let mut relay = Relay { child, port };
-        let health = format!("http://127.0.0.1:{port}/health");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = relay.child.try_wait()? {
-                return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
-            }
-            if let Ok(r) = http.get(&health).send().await
-                && r.status().is_success()
-            {
-                return Ok(relay);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{RELAY_BIN} did not answer {health} within 60 s").into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_healthy(&mut relay.child, &format!("http://127.0.0.1:{port}")).await?;
+        Ok(relay)
     }
 
     /// SIGTERM, then SIGKILL (by dropping) if it is still running 10 s later.

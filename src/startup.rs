@@ -131,7 +131,7 @@ impl Application {
             metrics,
             long_polls: crate::polling::LongPolls::new(config.long_poll_max),
             limits,
-            stream_opens: Arc::new(tokio::sync::Semaphore::new(crate::state::open_slots(
+            stream_checks: Arc::new(tokio::sync::Semaphore::new(crate::state::check_slots(
                 &config,
             ))),
             stream_openings: Arc::new(tokio::sync::Semaphore::new(crate::state::opening_slots(

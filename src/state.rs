@@ -97,9 +97,9 @@ pub struct Shared {
     pub long_polls: crate::polling::LongPolls,
     /// The rate limits ([`crate::limits`]).
     pub limits: Arc<Limits>,
-    /// Stream opens that may be checking their request at once (see
-    /// [`open_slots`]).
-    pub stream_opens: Arc<tokio::sync::Semaphore>,
+    /// Stream opens that may be checking their request at once, within
+    /// their turn (see [`check_slots`]).
+    pub stream_checks: Arc<tokio::sync::Semaphore>,
     /// Stream opens in progress at once, checks and greeting (see
     /// [`opening_slots`]).
     pub stream_openings: Arc<tokio::sync::Semaphore>,
@@ -136,11 +136,26 @@ pub fn opening_slots(config: &Config, workers: usize) -> usize {
 /// `store::postgres::batch`, and two more), so REST requests never wait for
 /// the pool behind them; the memory store has no pool to share, and no
 /// bound.
-pub fn open_slots(config: &Config) -> usize {
+pub fn check_slots(config: &Config) -> usize {
     match config.database_url {
         Some(_) => (config.database_max_connections as usize)
             .saturating_sub(3)
             .max(1),
         None => tokio::sync::Semaphore::MAX_PERMITS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn opening_slots_default_to_16_per_worker_and_follow_the_setting() {
+        let mut config = crate::config::Cli::parse_from(["vault-relay"]).config;
+        assert_eq!(opening_slots(&config, 2), 32);
+        assert_eq!(opening_slots(&config, 0), OPENING_PER_WORKER);
+        config.stream_max_opening = 5;
+        assert_eq!(opening_slots(&config, 8), 5);
     }
 }

@@ -5,6 +5,44 @@ use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// The release binary both benchmarks start.
+pub const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vault-relay");
+
+/// The benchmark clients' runtime; on failure, says why and gives the exit
+/// code to return.
+pub fn client_runtime() -> std::result::Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        })
+}
+
+/// Waits (60 s at most) until the relay started as `child` answers
+/// `{base}/health`; fails at once if it exits meanwhile.
+pub async fn wait_until_healthy(child: &mut std::process::Child, base: &str) -> Result<()> {
+    let health = format!("{base}/health");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
+        }
+        if let Ok(r) = http.get(&health).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{RELAY_BIN} did not answer {health} within 60 s").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends a request and parses its JSON answer; any status but 2xx is an
 /// error that quotes the body.
 pub async fn send_json(request: reqwest::RequestBuilder) -> Result<Value> {

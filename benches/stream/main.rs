@@ -44,6 +44,7 @@ mod storm;
 mod system;
 
 use client::Api;
+use common::RELAY_BIN;
 use fan_out::fan_out;
 use many_vaults::many_vaults;
 use relay::{Relay, RelayProcess};
@@ -55,7 +56,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, BoxError>;
 
 /// The relay binary `cargo bench` builds next to this benchmark.
-const RELAY_BIN: &str = env!("CARGO_BIN_EXE_vault-relay");
 /// Admin token of every relay this benchmark starts.
 const ADMIN_TOKEN: &str = "adm-bench-stream";
 /// Streams being opened at once.
@@ -186,16 +186,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bench-client")
-        .build()
-    {
+    let runtime = match common::client_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(opts)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,8 @@ use vault_relay::config::Config;
 use vault_relay::shutdown::Shutdown;
 use vault_relay::startup::Application;
 
-use crate::{ADMIN_TOKEN, RELAY_BIN, Result};
+use crate::common::{RELAY_BIN, wait_until_healthy};
+use crate::{ADMIN_TOKEN, Result};
 
 pub(crate) enum RelayProcess {
     InProcess {
@@ -108,29 +109,13 @@ impl Relay {
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {RELAY_BIN}: {e}"))?;
-        let mut relay = Relay {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            process: RelayProcess::Child(ChildGuard(child)),
-        };
-        let health = format!("http://{}/health", relay.addr);
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let RelayProcess::Child(c) = &mut relay.process
-                && let Some(status) = c.0.try_wait()?
-            {
-                return Err(format!("{RELAY_BIN} exited at start-up ({status})").into());
-            }
-            if let Ok(r) = http.get(&health).send().await
-                && r.status().is_success()
-            {
-                return Ok(relay);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{RELAY_BIN} did not answer {health} within 60 s").into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut guard = ChildGuard(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until_healthy(&mut guard.0, &format!("http://{addr}")).await?;
+        Ok(Relay {
+            addr,
+            process: RelayProcess::Child(guard),
+        })
     }
 
     pub(crate) fn pid(&self) -> u32 {

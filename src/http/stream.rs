@@ -153,10 +153,11 @@ async fn open(
         .await
         .map(Opening::new)
         .map_err(|_| ApiError::Unavailable("the relay is shutting down".into()))?;
-    // Opens take turns with their checks (state::open_slots); the permit
-    // goes when the checks are done.
-    let _turn = state
-        .stream_opens
+    // Within their turns, opens take turns with their checks too
+    // (state::check_slots: the Postgres pool); that permit goes when the
+    // checks are done.
+    let _checking = state
+        .stream_checks
         .acquire()
         .await
         .map_err(|_| ApiError::Unavailable("the relay is shutting down".into()))?;

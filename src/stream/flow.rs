@@ -63,11 +63,11 @@ pub struct Opening {
 /// The shortest an open's turn lasts. Given back the moment its greeting
 /// was sent, the turns of a reconnect storm went round as fast as two
 /// cores could open streams, and everything else the relay answered then
-/// queued behind the storm's tasks: REST reads of 38 to 48 ms at p99 in
-/// four runs, against 7.4 to 13.3 ms with turns of at least 1 ms (the
-/// storm of 10,000 streams taking 1.18 to 1.25 s instead of 0.88 to 0.94
-/// s; docs/benchmarks.md). A stream never waits for this: only the next
-/// open does.
+/// queued behind the storm's tasks (REST reads of 36.5 to 48.2 ms at p99;
+/// with turns of at least 1 ms, 9.4 to 10.9 ms, the storm of 10,000
+/// streams taking 1.16 to 1.26 s instead of 0.95 to 0.98 s:
+/// docs/benchmarks.md). A stream never waits for this: only the next open
+/// does.
 pub const TURN_AT_LEAST: Duration = Duration::from_millis(1);
 
 impl Opening {
@@ -79,7 +79,9 @@ impl Opening {
     }
 
     /// Gives the turn back: now if it has lasted [`TURN_AT_LEAST`], else
-    /// when it has, without holding up the stream.
+    /// when it has, without holding up the stream. (Waiting in the
+    /// stream's own task instead of a task of this turn's left more memory
+    /// resident after a storm, and the storm slower.)
     fn give_back(self) {
         let until = self.taken + TURN_AT_LEAST;
         if Instant::now() < until {

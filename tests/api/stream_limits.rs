@@ -23,7 +23,7 @@ both_stores!(
     too_many_frames_per_second_close_with_1008,
     a_client_within_its_frame_allowance_keeps_its_stream,
     pongs_and_rows_to_a_client_that_pauses_arrive_whole,
-    stream_opens_take_turns_and_give_them_back,
+    every_stream_open_gives_its_turn_back,
     a_replay_does_not_hold_up_the_next_open,
 );
 
@@ -293,10 +293,9 @@ async fn pongs_and_rows_to_a_client_that_pauses_arrive_whole(backend: Backend) {
     assert!(pongs > 1000, "{pongs} pongs for {pings} pings");
 }
 
-/// Opens wait for a turn (here one at a time) from their checks to their
-/// greeting, and every open gives its turn back: a refused one at once,
-/// an accepted one after its greeting.
-async fn stream_opens_take_turns_and_give_them_back(backend: Backend) {
+/// With one turn for all, every open gives it back: a refused one at once,
+/// an accepted one after its greeting (else the next open never goes).
+async fn every_stream_open_gives_its_turn_back(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| c.stream_max_opening = 1).await;
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "turns").await;
