@@ -55,7 +55,6 @@ use system::raise_fd_limit;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, BoxError>;
 
-/// The relay binary `cargo bench` builds next to this benchmark.
 /// Admin token of every relay this benchmark starts.
 const ADMIN_TOKEN: &str = "adm-bench-stream";
 /// Streams being opened at once.
