@@ -279,6 +279,11 @@ pub struct Config {
     /// their turn. 0: 16 per worker thread.
     #[arg(long, env = "STREAM_MAX_OPENING", default_value_t = 0)]
     pub stream_max_opening: usize,
+    /// Stream opens running their credential and vault checks at once,
+    /// within their turns; more wait. 0: 2 per worker thread on Postgres
+    /// (never more than the pool but three), no bound in memory.
+    #[arg(long, env = "STREAM_MAX_CHECKING", default_value_t = 0)]
+    pub stream_max_checking: usize,
     /// Frames per second a stream's client may send (pings included)
     /// before it is closed with 1008; 0 turns the limit off.
     #[arg(long, env = "STREAM_MAX_CLIENT_FRAMES_PER_SEC", default_value_t = 50)]

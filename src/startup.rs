@@ -123,6 +123,7 @@ impl Application {
         ));
         let limits = Arc::new(Limits::new(&config).with_metrics(metrics.clone()));
         spawn_housekeeping(limits.clone(), shutdown.clone());
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let state = AppState::new(Shared {
             store,
             settings: Arc::new(settings),
@@ -132,11 +133,10 @@ impl Application {
             long_polls: crate::polling::LongPolls::new(config.long_poll_max),
             limits,
             stream_checks: Arc::new(tokio::sync::Semaphore::new(crate::state::check_slots(
-                &config,
+                &config, workers,
             ))),
             stream_openings: Arc::new(tokio::sync::Semaphore::new(crate::state::opening_slots(
-                &config,
-                tokio::runtime::Handle::current().metrics().num_workers(),
+                &config, workers,
             ))),
         });
         let connection_limits = ConnectionLimits {

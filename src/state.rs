@@ -128,20 +128,37 @@ pub fn opening_slots(config: &Config, workers: usize) -> usize {
     }
 }
 
-/// How many stream opens may run their checks (credential, vault) at once.
-/// A reconnect storm is ten thousand opens at once: unbounded, they queue
-/// for every database connection ahead of the REST requests and writes that
-/// arrive meanwhile. With Postgres they may hold all of the pool but three
-/// connections (the one the writer keeps between batches, see
-/// `store::postgres::batch`, and two more), so REST requests never wait for
-/// the pool behind them; the memory store has no pool to share, and no
-/// bound.
-pub fn check_slots(config: &Config) -> usize {
+/// Stream opens running their checks at once, per worker thread, by
+/// default on Postgres.
+pub const CHECKING_PER_WORKER: usize = 2;
+
+/// How many stream opens may run their checks (credential, vault: one store
+/// round trip) at once. A reconnect storm is ten thousand opens at once:
+/// unbounded, they queue for every database connection ahead of the REST
+/// requests and writes that arrive meanwhile; and even with connections to
+/// spare, each query running beside them shares Postgres's CPU with theirs.
+/// With the 13 that the pool allowed, REST reads during a storm waited
+/// p50 8.5 to 10 ms and p99 up to 52.5 ms on this 2-core machine; with 4
+/// (2 per worker thread), p50 3.1 to 4.2 ms and p99 23.4 to 37.9 ms, the
+/// 10,000 streams opening in 3.0 to 4.1 s instead of 2.7 to 3.5 s
+/// (docs/benchmarks.md). With Postgres they never hold more than all of
+/// the pool but three connections (the one the writer keeps between
+/// batches, see `store::postgres::batch`, and two more), so REST requests
+/// never wait for the pool behind them; the memory store has no pool and
+/// no query to share a CPU with, and no bound unless one is set.
+pub fn check_slots(config: &Config, workers: usize) -> usize {
+    let wanted = match config.stream_max_checking {
+        0 if config.database_url.is_none() => return tokio::sync::Semaphore::MAX_PERMITS,
+        0 => CHECKING_PER_WORKER * workers.max(1),
+        n => n,
+    };
     match config.database_url {
-        Some(_) => (config.database_max_connections as usize)
-            .saturating_sub(3)
-            .max(1),
-        None => tokio::sync::Semaphore::MAX_PERMITS,
+        Some(_) => wanted.min(
+            (config.database_max_connections as usize)
+                .saturating_sub(3)
+                .max(1),
+        ),
+        None => wanted,
     }
 }
 
@@ -157,5 +174,25 @@ mod tests {
         assert_eq!(opening_slots(&config, 0), OPENING_PER_WORKER);
         config.stream_max_opening = 5;
         assert_eq!(opening_slots(&config, 8), 5);
+    }
+
+    #[test]
+    fn check_slots_default_to_2_per_worker_on_postgres_within_the_pool() {
+        let mut config = crate::config::Cli::parse_from(["vault-relay"]).config;
+        // The memory store: no bound unless one is set.
+        assert_eq!(check_slots(&config, 2), tokio::sync::Semaphore::MAX_PERMITS);
+        config.stream_max_checking = 3;
+        assert_eq!(check_slots(&config, 2), 3);
+        config.database_url = Some("postgres://relay@db/relay".into());
+        config.stream_max_checking = 0;
+        assert_eq!(check_slots(&config, 2), 4);
+        assert_eq!(check_slots(&config, 0), CHECKING_PER_WORKER);
+        // Never more than the pool but three, set or not.
+        config.database_max_connections = 5;
+        assert_eq!(check_slots(&config, 2), 2);
+        config.stream_max_checking = 50;
+        assert_eq!(check_slots(&config, 2), 2);
+        config.database_max_connections = 2;
+        assert_eq!(check_slots(&config, 2), 1);
     }
 }

@@ -154,8 +154,8 @@ async fn open(
         .map(Opening::new)
         .map_err(|_| ApiError::Unavailable("the relay is shutting down".into()))?;
     // Within their turns, opens take turns with their checks too
-    // (state::check_slots: the Postgres pool); that permit goes when the
-    // checks are done.
+    // (state::check_slots: a few at a time on Postgres); that permit goes
+    // when the checks are done.
     let _checking = state
         .stream_checks
         .acquire()

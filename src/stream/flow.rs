@@ -426,3 +426,50 @@ async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// Lets the runtime run what the clock's advance woke.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_lasts_at_least_its_minimum_and_no_longer() {
+        let turns = Arc::new(Semaphore::new(1));
+        let take = || Opening::new(turns.clone().try_acquire_owned().expect("a free turn"));
+
+        // Given back at once: held until the minimum has passed.
+        take().give_back();
+        settle().await;
+        assert_eq!(turns.available_permits(), 0, "given back too early");
+        tokio::time::advance(TURN_AT_LEAST - Duration::from_micros(100)).await;
+        settle().await;
+        assert_eq!(
+            turns.available_permits(),
+            0,
+            "given back before the minimum"
+        );
+        tokio::time::advance(Duration::from_micros(200)).await;
+        settle().await;
+        assert_eq!(turns.available_permits(), 1, "held past the minimum");
+
+        // Given back after the minimum: free the moment it is.
+        let opening = take();
+        tokio::time::advance(TURN_AT_LEAST * 3).await;
+        opening.give_back();
+        assert_eq!(
+            turns.available_permits(),
+            1,
+            "a long turn is not held longer"
+        );
+    }
+}

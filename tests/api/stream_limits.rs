@@ -24,6 +24,7 @@ both_stores!(
     a_client_within_its_frame_allowance_keeps_its_stream,
     pongs_and_rows_to_a_client_that_pauses_arrive_whole,
     every_stream_open_gives_its_turn_back,
+    every_stream_open_gives_its_check_back,
     a_replay_does_not_hold_up_the_next_open,
 );
 
@@ -297,13 +298,36 @@ async fn pongs_and_rows_to_a_client_that_pauses_arrive_whole(backend: Backend) {
 /// an accepted one after its greeting (else the next open never goes).
 async fn every_stream_open_gives_its_turn_back(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| c.stream_max_opening = 1).await;
+    refused_then_twelve_opens_all_get_their_hello(&app).await;
+}
+
+/// With one open checking at a time (and turns to spare), every open gives
+/// its check back too, refused or not.
+async fn every_stream_open_gives_its_check_back(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.stream_max_checking = 1).await;
+    refused_then_twelve_opens_all_get_their_hello(&app).await;
+}
+
+/// Two refused opens (a wrong session, a vault that does not exist), then
+/// twelve at once: each of the twelve gets its hello within the wait.
+async fn refused_then_twelve_opens_all_get_their_hello(app: &TestApp) {
     let (_, _, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "turns").await;
-    let refused = app.stream(&v, Some("not-a-session"), "stranger", "").await;
+    let answered = |open| async move {
+        tokio::time::timeout(FRAME_WAIT, open)
+            .await
+            .expect("a refused open is answered within the wait")
+    };
+    let refused = answered(app.stream(&v, Some("not-a-session"), "stranger", "")).await;
     let (status, body) = refused.err().expect("a wrong session is refused");
     assert_eq!(status, 401, "{body}");
+    let missing = answered(app.stream("v-nosuchvault", Some(&s), "c", "")).await;
+    let (status, body) = missing
+        .err()
+        .expect("a vault that does not exist is refused");
+    assert_eq!(status, 404, "{body}");
     let opens = (0..12).map(|i| {
-        let (app, v, s) = (&app, v.clone(), s.clone());
+        let (v, s) = (v.clone(), s.clone());
         async move {
             let mut stream = app.open_stream(&v, &s, &format!("c{i}"), "").await;
             stream.next_frame().await
