@@ -138,28 +138,32 @@ pub const CHECKING_PER_WORKER: usize = 2;
 /// requests and writes that arrive meanwhile; and even with connections to
 /// spare, each query running beside them shares Postgres's CPU with theirs.
 /// With the 13 that the pool allowed, REST reads during a storm waited
-/// p50 8.5 to 10 ms and p99 up to 52.5 ms on this 2-core machine; with 4
-/// (2 per worker thread), p50 3.1 to 4.2 ms and p99 23.4 to 37.9 ms, the
-/// 10,000 streams opening in 3.0 to 4.1 s instead of 2.7 to 3.5 s
-/// (docs/benchmarks.md). With Postgres they never hold more than all of
-/// the pool but three connections (the one the writer keeps between
+/// p50 8.5 to 10.3 ms and p99 29 to 110 ms on a 2-core machine shared with
+/// Postgres; with 4 (2 per worker thread), p50 3.0 to 4.3 ms and p99 23 to
+/// 46 ms, the 10,000 streams opening in 2.8 to 4.2 s instead of 2.7 to
+/// 3.5 s (docs/benchmarks.md). With Postgres they never hold more than all
+/// of the pool but three connections (the one the writer keeps between
 /// batches, see `store::postgres::batch`, and two more), so REST requests
-/// never wait for the pool behind them; the memory store has no pool and
-/// no query to share a CPU with, and no bound unless one is set.
+/// never wait for the pool behind them. The memory store has no pool and
+/// no database to share a CPU with: no bound unless one is set.
 pub fn check_slots(config: &Config, workers: usize) -> usize {
-    let wanted = match config.stream_max_checking {
-        0 if config.database_url.is_none() => return tokio::sync::Semaphore::MAX_PERMITS,
-        0 => CHECKING_PER_WORKER * workers.max(1),
-        n => n,
-    };
-    match config.database_url {
-        Some(_) => wanted.min(
-            (config.database_max_connections as usize)
-                .saturating_sub(3)
-                .max(1),
-        ),
-        None => wanted,
+    let set = config.stream_max_checking;
+    if config.database_url.is_none() {
+        return if set == 0 {
+            tokio::sync::Semaphore::MAX_PERMITS
+        } else {
+            set
+        };
     }
+    let wanted = if set == 0 {
+        CHECKING_PER_WORKER * workers.max(1)
+    } else {
+        set
+    };
+    let pool_but_three = (config.database_max_connections as usize)
+        .saturating_sub(3)
+        .max(1);
+    wanted.min(pool_but_three)
 }
 
 #[cfg(test)]
