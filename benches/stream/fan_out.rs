@@ -5,8 +5,8 @@
 //! delivers per CPU-second.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -15,8 +15,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Api, entry_seq, open_reporting};
 use crate::common::{ms, percentile, thousands};
-use crate::system::{cpu_split, lock, nanos_since, on_own_thread};
-use crate::{BoxError, CONNECT_CONCURRENCY, Plan, Result, Targets, report_exactly_once, verdict};
+use crate::system::{cpu_split, nanos_since};
+use crate::writer::paced_appends;
+use crate::{CONNECT_CONCURRENCY, Plan, Result, Targets, report_exactly_once, verdict};
 
 /// What one fan-out subscriber saw.
 struct Received {
@@ -118,59 +119,10 @@ pub(crate) async fn fan_out(
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // The writer runs on a thread and runtime of its own, with its own
-    // connections: on this runtime its ticks and answers would wait behind
-    // the thousand subscriber sockets this process reads, and the figure
-    // would be this process's scheduling, not the relay's.
-    let sends = Arc::new(Mutex::new(Vec::<(i64, u64, u64)>::with_capacity(
-        total as usize,
-    )));
-    let period = Duration::from_secs(1) / rate;
     let cpu_before = cpu_split(relay_pid);
     let delivered_before = delivered.load(Ordering::Relaxed);
-    let writer = {
-        let (vault, text, sends) = (vault.clone(), text.to_string(), sends.clone());
-        on_own_thread(api, move |api| async move {
-            let api = Arc::new(api);
-            let in_flight = Arc::new(Semaphore::new(64));
-            // The schedule starts here, once the thread and its runtime
-            // are up, so their start is not counted as lateness.
-            let writing = Instant::now();
-            let mut tick = tokio::time::interval(period);
-            let mut writes = Vec::with_capacity(total as usize);
-            // A send is late when it leaves more than one period after
-            // its slot: the writer could not keep the rate it was asked
-            // for, because 64 appends were still unanswered.
-            let mut late = 0u64;
-            for i in 0..total {
-                tick.tick().await;
-                let permit = in_flight.clone().acquire_owned().await?;
-                if writing.elapsed() > period * (i as u32 + 1) {
-                    late += 1;
-                }
-                let api = api.clone();
-                let vault = vault.clone();
-                let text = text.clone();
-                let sends = sends.clone();
-                writes.push(tokio::spawn(async move {
-                    let sent = nanos_since(base);
-                    let seq = api.append(&vault, &text).await?;
-                    let answered = nanos_since(base);
-                    drop(permit);
-                    lock(&sends).push((seq, sent, answered - sent));
-                    Ok::<_, BoxError>(())
-                }));
-            }
-            for w in writes {
-                w.await??;
-            }
-            Ok((late, writing.elapsed().as_secs_f64()))
-        })
-    };
-    // Waited for off this runtime's workers, which the subscribers need.
-    let (late, write_secs) = tokio::task::spawn_blocking(move || writer.join())
-        .await?
-        .map_err(|_| "the writer panicked")??;
+    let written = paced_appends(api, vec![vault.clone()], text, rate, total, base).await?;
+    let (late, write_secs) = (written.late, written.secs);
     let cpu_after = cpu_split(relay_pid);
     let delivered_while_writing = delivered.load(Ordering::Relaxed) - delivered_before;
 
@@ -187,9 +139,9 @@ pub(crate) async fn fan_out(
         results.push(r.await?);
     }
 
-    let sends = std::mem::take(&mut *lock(&sends));
-    let sent_at: HashMap<i64, u64> = sends.iter().map(|&(seq, t, _)| (seq, t)).collect();
-    let first_sent = sends.iter().map(|&(_, t, _)| t).min().unwrap_or(0);
+    let sends = written.sends;
+    let sent_at: HashMap<i64, u64> = sends.iter().map(|s| (s.seq, s.at)).collect();
+    let first_sent = sends.iter().map(|s| s.at).min().unwrap_or(0);
     let mut latencies = Vec::with_capacity(total as usize * subs);
     let mut last_received = first_sent;
     let mut ended = Vec::new();
@@ -204,9 +156,9 @@ pub(crate) async fn fan_out(
             ended.push(why.clone());
         }
     }
-    let mut acked: Vec<i64> = sends.iter().map(|&(seq, _, _)| seq).collect();
+    let mut acked: Vec<i64> = sends.iter().map(|s| s.seq).collect();
     acked.sort_unstable();
-    let mut rtts: Vec<u64> = sends.iter().map(|&(_, _, rtt)| rtt).collect();
+    let mut rtts: Vec<u64> = sends.iter().map(|s| s.round_trip).collect();
     latencies.sort_unstable();
     rtts.sort_unstable();
 

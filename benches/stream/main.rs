@@ -42,6 +42,7 @@ mod relay;
 mod replay;
 mod storm;
 mod system;
+mod writer;
 
 use client::Api;
 use common::RELAY_BIN;

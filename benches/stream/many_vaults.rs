@@ -3,8 +3,8 @@
 //! (a row goes out once committed, so a slow commit is a slow delivery).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -13,10 +13,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Api, entry_seq, open_reporting};
 use crate::common::{ms, percentile, thousands};
-use crate::system::{lock, nanos_since, on_own_thread};
-use crate::{
-    BoxError, CONNECT_CONCURRENCY, FILL_CONCURRENCY, Plan, Result, Targets, report_exactly_once,
-};
+use crate::system::nanos_since;
+use crate::writer::paced_appends;
+use crate::{CONNECT_CONCURRENCY, FILL_CONCURRENCY, Plan, Result, Targets, report_exactly_once};
 
 pub(crate) async fn many_vaults(
     api: &Arc<Api>,
@@ -102,61 +101,21 @@ pub(crate) async fn many_vaults(
     // The join presence frames settle.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // (vault index, seq, sent at, round trip) per append. The writer runs
-    // on a thread and runtime of its own, with its own connections, as in
-    // figure 1: on this runtime its ticks and answers would wait behind the
-    // ten thousand subscriber sockets this process reads.
-    let sends = Arc::new(Mutex::new(Vec::<(usize, i64, u64, u64)>::with_capacity(
-        total as usize,
-    )));
-    let writer = {
-        let (vaults, text, sends) = (vaults.clone(), text.to_string(), sends.clone());
-        on_own_thread(api, move |api| async move {
-            let api = Arc::new(api);
-            let in_flight = Arc::new(Semaphore::new(64));
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-            let mut writes = Vec::with_capacity(total as usize);
-            let writing = Instant::now();
-            for i in 0..total {
-                tick.tick().await;
-                let permit = in_flight.clone().acquire_owned().await?;
-                let api = api.clone();
-                let index = i as usize % vault_count;
-                let vault = vaults[index].clone();
-                let text = text.clone();
-                let sends = sends.clone();
-                writes.push(tokio::spawn(async move {
-                    let sent = nanos_since(base);
-                    let seq = api.append(&vault, &text).await?;
-                    let answered = nanos_since(base);
-                    drop(permit);
-                    lock(&sends).push((index, seq, sent, answered - sent));
-                    Ok::<_, BoxError>(())
-                }));
-            }
-            for w in writes {
-                w.await??;
-            }
-            Ok(writing.elapsed().as_secs_f64())
-        })
-    };
-    // Waited for off this runtime's workers, which the subscribers need.
-    let write_secs = tokio::task::spawn_blocking(move || writer.join())
-        .await?
-        .map_err(|_| "the writer panicked")??;
+    let written = paced_appends(api, vaults.clone(), text, rate, total, base).await?;
+    let write_secs = written.secs;
     let expected = total * per_vault as u64;
     let deadline = Instant::now() + Duration::from_secs(15);
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
-    let sends = std::mem::take(&mut *lock(&sends));
-    let sent_at: HashMap<i64, u64> = sends.iter().map(|&(_, seq, t, _)| (seq, t)).collect();
+    let sends = written.sends;
+    let sent_at: HashMap<i64, u64> = sends.iter().map(|s| (s.seq, s.at)).collect();
     let mut acked: Vec<Vec<i64>> = vec![Vec::new(); vault_count];
-    for &(index, seq, _, _) in &sends {
-        acked[index].push(seq);
+    for s in &sends {
+        acked[s.vault].push(s.seq);
     }
-    let mut rtts: Vec<u64> = sends.iter().map(|&(_, _, _, rtt)| rtt).collect();
+    let mut rtts: Vec<u64> = sends.iter().map(|s| s.round_trip).collect();
     rtts.sort_unstable();
     for rows in &mut acked {
         rows.sort_unstable();
