@@ -1,5 +1,8 @@
 //! A fresh database for each side of each case.
 
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+
 use crate::Result;
 
 /// A database of its own for one case.
@@ -17,8 +20,10 @@ impl ScratchDb {
             .map_err(|e| {
                 format!("cannot create a scratch database (the role needs createdb): {e}")
             })?;
+        // sqlx renders the URL, with the server's user, password and settings.
+        let url = server.parse::<PgConnectOptions>()?.database(&name);
         Ok(ScratchDb {
-            url: with_database(server, &name),
+            url: url.to_url_lossy().to_string(),
             name,
         })
     }
@@ -29,13 +34,4 @@ impl ScratchDb {
             eprintln!("warning: could not drop {}: {e}", self.name);
         }
     }
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
-    format!("{base}/{db}{query}")
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::Connection;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 use tokio::task::JoinHandle;
 use vault_relay::config::Config;
 use vault_relay::shutdown::Shutdown;
@@ -34,15 +35,6 @@ pub fn server_url() -> String {
     })
 }
 
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
-    format!("{base}/{db}{query}")
-}
-
 /// A throwaway database, dropped when this value is dropped.
 pub struct TestDb {
     pub name: String,
@@ -60,7 +52,13 @@ impl TestDb {
             .execute(&mut conn)
             .await
             .expect("create a test database");
-        let url = with_database(&server, &name);
+        // sqlx renders the URL, with the server's user, password and settings.
+        let url = server
+            .parse::<PgConnectOptions>()
+            .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is not a Postgres URL ({e})"))
+            .database(&name)
+            .to_url_lossy()
+            .to_string();
         TestDb { name, url }
     }
 
