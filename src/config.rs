@@ -217,8 +217,10 @@ pub struct Config {
     /// Postgres URL; unset means the in-memory store (nothing durable).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Largest Postgres pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    /// Largest Postgres pool, the LISTEN connection included (so at least
+    /// 2: one for it and one for everything else).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..))]
     pub database_max_connections: u32,
     /// Bearer token for /api/admin; generated and printed once when unset.
     #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
@@ -242,18 +244,24 @@ pub struct Config {
     /// Directory of the browser viewer's files; found on its own when unset.
     #[arg(long, env = "WEB_DIR")]
     pub web_dir: Option<PathBuf>,
-    /// Seconds between pings on an idle stream.
-    #[arg(long, env = "STREAM_PING_SECS", default_value_t = 20)]
+    /// Seconds between pings on an idle stream (at least 1).
+    #[arg(long, env = "STREAM_PING_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_ping_secs: u64,
-    /// Frames a stream may have queued before it is treated as slow.
-    #[arg(long, env = "STREAM_BUFFER_FRAMES", default_value_t = 256)]
+    /// Frames buffered per vault and process (at least 16); a subscriber
+    /// that falls further behind catches up from the store.
+    #[arg(long, env = "STREAM_BUFFER_FRAMES", default_value_t = 256,
+          value_parser = at_least::<16>)]
     pub stream_buffer_frames: usize,
     /// Milliseconds a single frame may take to reach a client before the
-    /// client is treated as stuck and closed with code 4000.
-    #[arg(long, env = "STREAM_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    /// client is treated as stuck and closed with code 4000 (at least 100).
+    #[arg(long, env = "STREAM_SEND_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
     pub stream_send_timeout_ms: u64,
-    /// Seconds a read-only link lives unless the request says otherwise.
-    #[arg(long, env = "LINK_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    /// Seconds a read-only link lives unless the request says otherwise
+    /// (1 to 90 days' worth, the range a request may ask for).
+    #[arg(long, env = "LINK_TTL_SECS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..=crate::http::links::MAX_LINK_TTL_SECS))]
     pub link_ttl_secs: u64,
     /// Serve `/metrics` without the admin token (for a scraper on a private
     /// network that cannot send one).
@@ -262,8 +270,9 @@ pub struct Config {
     /// Log lines as human-readable `text`, or `json` (one object per line).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Seconds an Idempotency-Key is remembered (then swept).
-    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    /// Seconds an Idempotency-Key is remembered (then swept; at least 1).
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_ttl_secs: u64,
     /// Long polls (`wait=`) this process holds at once; one more is refused
     /// with 503 and Retry-After (0 refuses every long poll that would wait).
@@ -281,7 +290,8 @@ pub struct Config {
     pub stream_max_opening: usize,
     /// Stream opens running their credential and vault checks at once,
     /// within their turns; more wait. 0: 2 per worker thread on Postgres
-    /// (never more than the pool but three), no bound in memory.
+    /// (never more than the pool but three, and at least 1), no bound in
+    /// memory.
     #[arg(long, env = "STREAM_MAX_CHECKING", default_value_t = 0)]
     pub stream_max_checking: usize,
     /// Frames per second a stream's client may send (pings included)
@@ -317,6 +327,18 @@ pub struct Config {
     pub trust_forwarded_for: bool,
 }
 
+/// A count of at least `MIN` (clap's ranges are for integers of fixed
+/// width only).
+fn at_least<const MIN: usize>(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a whole number: {e}"))?;
+    if n < MIN {
+        return Err(format!("{n} is below the least allowed, {MIN}"));
+    }
+    Ok(n)
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -334,5 +356,52 @@ impl Config {
         cfg.port = 0;
         cfg.bind_addr = IpAddr::from([127, 0, 0, 1]);
         cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::Parser;
+
+    /// The error clap gives for `--flag value`, or None when it is accepted.
+    fn refusal(flag: &str, value: &str) -> Option<String> {
+        Cli::try_parse_from(["vault-relay", flag, value])
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn settings_below_their_floor_are_refused_at_start_and_the_floor_is_accepted() {
+        let floors = [
+            ("--database-max-connections", "1", "2"),
+            ("--stream-ping-secs", "0", "1"),
+            ("--stream-buffer-frames", "15", "16"),
+            ("--stream-send-timeout-ms", "99", "100"),
+            ("--link-ttl-secs", "0", "1"),
+            ("--idempotency-ttl-secs", "0", "1"),
+        ];
+        for (flag, below, floor) in floors {
+            let error =
+                refusal(flag, below).unwrap_or_else(|| panic!("{flag} {below} was accepted"));
+            assert!(error.contains(flag), "{flag} {below}: {error}");
+            assert!(error.contains(below), "{flag} {below}: {error}");
+            assert_eq!(refusal(flag, floor), None, "{flag} {floor}");
+        }
+    }
+
+    #[test]
+    fn a_default_link_lifetime_beyond_what_a_request_may_ask_is_refused() {
+        let max = crate::http::links::MAX_LINK_TTL_SECS;
+        assert_eq!(refusal("--link-ttl-secs", &max.to_string()), None);
+        let error = refusal("--link-ttl-secs", &(max + 1).to_string()).expect("refused");
+        assert!(error.contains("--link-ttl-secs"), "{error}");
+        assert!(error.contains(&(max + 1).to_string()), "{error}");
+    }
+
+    #[test]
+    fn a_count_that_is_not_a_number_says_so() {
+        let error = refusal("--stream-buffer-frames", "many").expect("refused");
+        assert!(error.contains("`many` is not a whole number"), "{error}");
     }
 }

@@ -49,7 +49,7 @@ impl Settings {
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
             stream_ping: Duration::from_secs(config.stream_ping_secs.max(1)),
-            stream_buffer_frames: config.stream_buffer_frames.max(8),
+            stream_buffer_frames: config.stream_buffer_frames.max(16),
             stream_send_timeout: Duration::from_millis(config.stream_send_timeout_ms.max(100)),
             metrics_public: config.metrics_public,
             idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs.max(1)),
@@ -142,9 +142,10 @@ pub const CHECKING_PER_WORKER: usize = 2;
 /// Postgres; with 4 (2 per worker thread), p50 3.0 to 4.3 ms and p99 23 to
 /// 46 ms, the 10,000 streams opening in 2.8 to 4.2 s instead of 2.7 to
 /// 3.5 s (docs/benchmarks.md). With Postgres they never hold more than all
-/// of the pool but three connections (the one the writer keeps between
-/// batches, see `store::postgres::batch`, and two more), so REST requests
-/// never wait for the pool behind them. The memory store has no pool and
+/// of the pool but three connections (the LISTEN connection, which the
+/// pool counts; the one the writer keeps between batches, see
+/// `store::postgres::batch`; and one more), and at least one, so REST
+/// requests never wait for the pool behind them. The memory store has no pool and
 /// no database to share a CPU with: no bound unless one is set.
 pub fn check_slots(config: &Config, workers: usize) -> usize {
     let set = config.stream_max_checking;

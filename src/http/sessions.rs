@@ -215,7 +215,8 @@ async fn deny(
     params(("id" = String, Path, description = "The session")),
     responses(
         (status = 200, description = "Revoked", body = Empty),
-        (status = 401, description = "Missing credential, or one that does not own this session", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked credential", body = ErrorBody),
+        (status = 403, description = "A credential that does not own this session: another session, or the token of another astation", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
         Refusals,
     ),
