@@ -54,7 +54,23 @@ enum Credential<'a> {
     Bearer(&'a str),
 }
 
-fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ApiError> {
+/// What a route's `Authorization` header may be, as its errors tell it.
+mod takes {
+    /// Vault routes: a session, or a read-only link.
+    pub const VAULT: &str = "`session <session_id>` or `link <secret>`";
+    /// `/mcp`.
+    pub const MCP: &str = "`Bearer <session_id>` or `session <session_id>`";
+    /// Routes of an astation (sessions, grants).
+    pub const ASTATION: &str = "`Bearer <astation token>`";
+    /// `/api/admin` and a private `/metrics`.
+    pub const ADMIN: &str = "`Bearer <admin token>`";
+    /// Revoking a session.
+    pub const REVOKE: &str = "`session <session_id>` or `Bearer <astation token>`";
+}
+
+/// The header's credential, or `None` without one. `takes` is what the
+/// route accepts, named in the error for a header that is none of them.
+fn credential<'a>(headers: &'a HeaderMap, takes: &str) -> Result<Option<Credential<'a>>, ApiError> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
@@ -62,9 +78,9 @@ fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ApiError> {
         ApiError::Unauthorized("the Authorization header is not readable text".into())
     })?;
     let (scheme, secret) = value.trim().split_once(' ').ok_or_else(|| {
-        ApiError::Unauthorized(
-            "the Authorization header must be `session <session_id>` or `Bearer <token>`".into(),
-        )
+        ApiError::Unauthorized(format!(
+            "the Authorization header must be a scheme and a secret: this route takes {takes}"
+        ))
     })?;
     let secret = secret.trim();
     Ok(Some(match scheme.to_ascii_lowercase().as_str() {
@@ -73,7 +89,7 @@ fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ApiError> {
         "bearer" => Credential::Bearer(secret),
         _ => {
             return Err(ApiError::Unauthorized(format!(
-                "unknown Authorization scheme `{scheme}`; use `session <session_id>`"
+                "unknown Authorization scheme `{scheme}`; this route takes {takes}"
             )));
         }
     }))
@@ -187,7 +203,7 @@ pub async fn principal_from_headers(
 ) -> Result<Principal, ApiError> {
     let store = state.store.as_ref();
     let limits = &state.limits;
-    match credential(headers)? {
+    match credential(headers, takes::VAULT)? {
         None => Err(ApiError::Unauthorized(
             "missing credential: send the header `Authorization: session <session_id>`".into(),
         )),
@@ -220,7 +236,7 @@ pub async fn principal_and_vault(
 ) -> Result<(Principal, Option<Vault>), ApiError> {
     let store = state.store.as_ref();
     let plain = crate::secrets::is_plain_id(vault_id);
-    if let Ok(Some(Credential::Session(id))) = credential(headers)
+    if let Ok(Some(Credential::Session(id))) = credential(headers, takes::VAULT)
         && plain
     {
         let hash = secrets::hash(id);
@@ -270,7 +286,7 @@ impl FromRequestParts<AppState> for McpCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let store = state.store.as_ref();
-        let principal = match credential(&parts.headers)? {
+        let principal = match credential(&parts.headers, takes::MCP)? {
             None => {
                 return Err(ApiError::Unauthorized(
                     "missing credential: send the header `Authorization: Bearer <session_id>` \
@@ -354,7 +370,7 @@ impl FromRequestParts<AppState> for Claimed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let session_hash = match credential(&parts.headers)? {
+        let session_hash = match credential(&parts.headers, takes::VAULT)? {
             Some(Credential::Session(id)) => secrets::hash(id),
             _ => {
                 return Caller::from_request_parts(parts, state)
@@ -407,7 +423,7 @@ pub async fn optional_astation(
     addr: ClientAddr,
     headers: &HeaderMap,
 ) -> Result<Option<Astation>, ApiError> {
-    match credential(headers)? {
+    match credential(headers, takes::ASTATION)? {
         None => Ok(None),
         Some(Credential::Bearer(token)) => astation_by_token(state, addr, token).await.map(Some),
         Some(_) => Err(ApiError::Unauthorized(
@@ -439,7 +455,7 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match credential(&parts.headers)? {
+        match credential(&parts.headers, takes::ADMIN)? {
             Some(Credential::Bearer(token)) => {
                 let addr = ClientAddr::of(parts, &state.limits);
                 let right = secrets::matches_hash(token, &state.settings.admin_token_hash);
@@ -481,7 +497,7 @@ pub async fn revoke(
 ) -> Result<(), ApiError> {
     let store = state.store.as_ref();
     let record = crate::pairing::pairing_session(store, session_id).await?;
-    match credential(headers)? {
+    match credential(headers, takes::REVOKE)? {
         Some(Credential::Session(presented)) => {
             if !secrets::matches_hash(presented, &record.id_hash) {
                 return Err(ApiError::Forbidden(

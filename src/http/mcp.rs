@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, Request};
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -129,16 +130,12 @@ async fn delete_mcp(Extension(mcp): Extension<Mcp>, request: Request) -> Respons
 /// JSON error shape.
 async fn authenticate(McpCaller(caller): McpCaller, mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert::<Caller>(caller);
+    let sent_json = is_json(request.headers());
     let response = next.run(request).await;
     if !(response.status().is_client_error() || response.status().is_server_error()) {
         return response;
     }
-    let is_json = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+    if is_json(response.headers()) {
         return response;
     }
     let (parts, body) = response.into_parts();
@@ -155,22 +152,43 @@ async fn authenticate(McpCaller(caller): McpCaller, mut request: Request, next: 
     } else {
         text
     };
-    let mut rewrapped = match parts.status.as_u16() {
+    // The library answers 415 for a JSON body that is not one JSON-RPC 2.0
+    // message too; with the right Content-Type, the body is what to fix.
+    let status = match parts.status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE if sent_json => StatusCode::BAD_REQUEST,
+        other => other,
+    };
+    let mut rewrapped = match status.as_u16() {
         404 => ApiError::NotFound(format!(
             "{message}; the MCP session ended or lives on another relay: initialize a new one"
         )),
         413 => ApiError::TooLarge(message),
         415 => ApiError::UnsupportedMediaType(message),
+        400 if sent_json && parts.status != status => ApiError::BadRequest(format!(
+            "the body is not one JSON-RPC 2.0 message (an object with \"jsonrpc\": \"2.0\", \
+             a \"method\" and, for a request, an \"id\"): {message}"
+        )),
+        400 if message.contains("Session ID") => ApiError::BadRequest(format!(
+            "{message}: send the `Mcp-Session-Id` header that `initialize` answered with"
+        )),
         500.. => ApiError::Internal(message),
         _ => ApiError::BadRequest(message),
     }
     .into_response();
-    // Keep the library's status and headers (Allow, ...), with our body.
-    *rewrapped.status_mut() = parts.status;
+    // Keep the library's status (but the 415 above) and headers (Allow,
+    // ...), with our body.
+    *rewrapped.status_mut() = status;
     for (name, value) in parts.headers.iter() {
         if name != CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
             rewrapped.headers_mut().insert(name, value.clone());
         }
     }
     rewrapped
+}
+
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }

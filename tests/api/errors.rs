@@ -9,6 +9,7 @@ use crate::helpers::{Backend, TestApp};
 both_stores!(
     malformed_requests_get_400_with_a_reason,
     credentials_are_checked_with_401,
+    a_header_of_the_wrong_shape_is_told_what_its_route_takes,
     size_limits_answer_413_and_accept_the_limit_itself,
     bodies_that_are_not_json_get_415,
     unknown_routes_and_methods_answer_json,
@@ -187,6 +188,61 @@ async fn credentials_are_checked_with_401(backend: Backend) {
         let (status, err) = app.call(Method::GET, &path, auth.as_deref(), None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {err}");
         assert!(error_text(&err).contains(hint), "{auth:?}: {err}");
+    }
+}
+
+async fn a_header_of_the_wrong_shape_is_told_what_its_route_takes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let vault = "`session <session_id>` or `link <secret>`";
+    let cases = [
+        (
+            Method::GET,
+            format!("/api/vault/{v}?id=c"),
+            "Basic abc",
+            vault,
+        ),
+        (Method::GET, format!("/api/vault/{v}?id=c"), "link", vault),
+        (
+            Method::GET,
+            "/api/admin/astations".into(),
+            "Bxarer x",
+            "`Bearer <admin token>`",
+        ),
+        (
+            Method::POST,
+            "/api/sessions/s-unknown/grant".into(),
+            "Basic x",
+            "`Bearer <astation token>`",
+        ),
+        (
+            Method::DELETE,
+            format!("/api/sessions/{s}"),
+            "Basic x",
+            "`session <session_id>` or `Bearer <astation token>`",
+        ),
+        (
+            Method::POST,
+            "/mcp?id=c".into(),
+            "Basic x",
+            "`Bearer <session_id>` or `session <session_id>`",
+        ),
+    ];
+    for (method, path, auth, takes) in cases {
+        let (status, err) = app
+            .call(method.clone(), &path, Some(auth), Some(json!({})))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} {auth:?}: {err}"
+        );
+        let text = error_text(&err);
+        assert!(
+            text.contains(&format!("this route takes {takes}")),
+            "{method} {path} {auth:?}: {text}"
+        );
     }
 }
 

@@ -121,6 +121,55 @@ async fn refusals_before_any_exchange_are_http_errors_with_the_json_body() {
     let (status, words) = json_error(resp).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(words.contains("initialize a new one"), "{words}");
+
+    // A JSON body that is not one JSON-RPC message is the body's fault
+    // (400), not the Content-Type's (the library says 415).
+    for body in [
+        "garbage",
+        "",
+        "[]",
+        r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+    ] {
+        let resp = app
+            .client
+            .post(format!("{}/mcp?id=c", app.base))
+            .header("authorization", format!("Bearer {s}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, words) = json_error(resp).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}: {words}");
+        assert!(
+            words.contains("not one JSON-RPC 2.0 message"),
+            "{body:?}: {words}"
+        );
+    }
+    // Another Content-Type is still 415.
+    let resp = app
+        .client
+        .post(format!("{}/mcp?id=c", app.base))
+        .header("authorization", format!("Bearer {s}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "text/plain")
+        .body(initialize.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(resp).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Ending a session without naming it says which header names it.
+    let resp = app
+        .client
+        .delete(format!("{}/mcp?id=c", app.base))
+        .header("authorization", format!("Bearer {s}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, words) = json_error(resp).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(words.contains("`Mcp-Session-Id`"), "{words}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,7 @@ both_stores!(
     the_handshake_offers_the_five_tools_with_schemas,
     every_tool_answers_what_rest_answers,
     refusals_are_tool_errors_in_the_rest_words,
+    arguments_that_do_not_match_the_schema_are_tool_errors_that_say_so,
     vaults_are_resources_that_read_as_their_current_view,
     a_subscription_hears_rest_writes_and_summary_changes,
     idempotency_keys_make_retries_safe_as_on_rest,
@@ -428,6 +429,53 @@ async fn refusals_are_tool_errors_in_the_rest_words(backend: Backend) {
         413
     );
     assert_eq!(app.read(&v, &home, "owner", "history=true").await.len(), 1);
+}
+
+async fn arguments_that_do_not_match_the_schema_are_tool_errors_that_say_so(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "owner", "kept").await;
+    let agent = connect(&app, &s, "owner").await;
+    let cases = [
+        (
+            "vault_write",
+            json!({"vault_id": 1, "text": "x"}),
+            "expected a string",
+        ),
+        (
+            "vault_write",
+            json!({"vault_id": v}),
+            "missing field `text`",
+        ),
+        (
+            "vault_read",
+            json!({"vault_id": v, "since": "soon"}),
+            "invalid type",
+        ),
+        (
+            "vault_set_summary",
+            json!({"vault_id": v, "text": 5}),
+            "expected a string",
+        ),
+    ];
+    for (tool, args, says) in cases {
+        let r = agent.call(tool, args.clone()).await;
+        assert_eq!(r.is_error, Some(true), "{tool} {args}: {r:?}");
+        let words = text(&r);
+        assert!(words.contains(says), "{tool} {args}: {words}");
+    }
+    // Nothing was written.
+    assert!(app.read(&v, &s, "owner", "history=true").await.is_empty());
+    let (_, view) = app
+        .vault_call(
+            Method::GET,
+            &format!("/api/vault/{v}/info"),
+            &s,
+            "owner",
+            None,
+        )
+        .await;
+    assert_eq!(view["summary"], "kept", "{view}");
 }
 
 async fn idempotency_keys_make_retries_safe_as_on_rest(backend: Backend) {
