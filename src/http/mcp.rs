@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, Request};
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -26,6 +26,8 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, McpCaller};
 use crate::error::ApiError;
 use crate::http::openapi::{ClientId, Refusals};
+use crate::mcp::SESSION_HEADER;
+use crate::mcp::owners::{Access, Owners};
 use crate::mcp::server::VaultMcp;
 use crate::state::AppState;
 
@@ -58,10 +60,13 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
         let (state, sessions) = (state.clone(), sessions.clone());
         move || Ok(VaultMcp::new(state.clone(), sessions.clone()))
     };
+    let owners = Owners::new(sessions.clone());
     let service = Mcp(StreamableHttpService::new(factory, sessions, config));
     OpenApiRouter::default()
         .routes(routes!(post_mcp, get_mcp, delete_mcp).layer(Extension(service)))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Outside the check, so that the check finds it.
+        .layer(Extension(owners))
 }
 
 /// Hands a request to the MCP library.
@@ -125,13 +130,58 @@ async fn delete_mcp(Extension(mcp): Extension<Mcp>, request: Request) -> Respons
     serve(mcp, request).await
 }
 
-/// Resolves the caller before the MCP service runs, and gives the
-/// library's own HTTP refusals (unknown session, wrong Accept, ...) our
-/// JSON error shape.
-async fn authenticate(McpCaller(caller): McpCaller, mut request: Request, next: Next) -> Response {
+/// Resolves the caller before the MCP service runs, lets a request that
+/// names an MCP session through only from the credential that opened it
+/// ([`Owners`]), and gives the library's own HTTP refusals (wrong Accept,
+/// ...) our JSON error shape.
+async fn authenticate(
+    Extension(owners): Extension<Owners>,
+    McpCaller(caller): McpCaller,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let named = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &named {
+        match owners.check(id, &caller.principal).await {
+            Access::Allowed => {}
+            Access::Forbidden => {
+                return ApiError::Forbidden(
+                    "this MCP session was opened with another credential; initialize a new session"
+                        .into(),
+                )
+                .into_response();
+            }
+            Access::Unknown => {
+                return ApiError::NotFound(
+                    "no such MCP session: it ended, timed out or lives on another relay; \
+                     initialize a new one"
+                        .into(),
+                )
+                .into_response();
+            }
+        }
+    }
+    let principal = caller.principal.clone();
+    let ends = request.method() == Method::DELETE;
     request.extensions_mut().insert::<Caller>(caller);
     let sent_json = is_json(request.headers());
     let response = next.run(request).await;
+    if response.status().is_success() {
+        match &named {
+            Some(id) if ends => owners.ended(id),
+            Some(_) => {}
+            None => {
+                let opened = response.headers().get(SESSION_HEADER);
+                if let Some(id) = opened.and_then(|v| v.to_str().ok()) {
+                    owners.opened(id, principal).await;
+                }
+            }
+        }
+    }
     if !(response.status().is_client_error() || response.status().is_server_error()) {
         return response;
     }

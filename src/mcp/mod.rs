@@ -5,11 +5,14 @@
 //!   subscriptions). Its tools call [`crate::vaults`], the same operations
 //!   as REST, so every rule holds on both transports.
 //! - [`watch`]: one resource subscription, fed by the stream hub.
+//! - [`owners`]: which credential opened each MCP session; `/mcp` lets
+//!   only that one use it.
 //! - [`render`]: the text renderings of tool results and resources.
 //! - [`bridge`]: `vault-relay mcp`, a stdio server that forwards to a
 //!   relay's `/mcp`, for agents that only start stdio servers.
 
 pub mod bridge;
+pub mod owners;
 pub mod render;
 pub mod server;
 pub mod watch;

@@ -9,7 +9,7 @@
 //! words REST would answer.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use super::watch::{WatchRequest, Watches};
 use super::{SESSION_HEADER, render, vault_id_of, vault_uri};
 use crate::access::{self, Action};
-use crate::auth::{Caller, Principal};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::state::AppState;
@@ -88,9 +88,6 @@ pub struct SummaryArgs {
 pub struct VaultMcp {
     state: AppState,
     watches: Watches,
-    /// The credential that opened the session: every later request of the
-    /// session must carry the same one.
-    opened_by: OnceLock<Principal>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -165,7 +162,6 @@ impl VaultMcp {
         Self {
             watches: Watches::new(state.clone(), sessions),
             state,
-            opened_by: OnceLock::new(),
             tool_router: Self::tool_router(),
         }
     }
@@ -178,13 +174,8 @@ impl VaultMcp {
             .and_then(|parts| parts.extensions.get::<Caller>())
             .cloned()
             .ok_or_else(|| McpError::internal_error("an MCP request without a caller", None))?;
-        let opened_by = self.opened_by.get_or_init(|| caller.principal.clone());
-        if *opened_by != caller.principal {
-            return Err(McpError::invalid_request(
-                "this MCP session was opened with another credential; initialize a new session",
-                Some(json!({ "status": 403 })),
-            ));
-        }
+        // `/mcp` let the request in only from the credential that opened
+        // this session (crate::mcp::owners).
         Ok(caller)
     }
 
@@ -314,7 +305,8 @@ impl ServerHandler for VaultMcp {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
-        // Binds the session to the credential that opens it.
+        // A request that reached us has its caller (`/mcp` records who opened
+        // the session from the answer to this initialize).
         self.caller(&context)?;
         context.peer.set_peer_info(request.clone());
         self.negotiate_initialize(&request)

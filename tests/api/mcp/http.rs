@@ -306,6 +306,47 @@ async fn an_mcp_session_stays_with_the_credential_that_opened_it() {
         .await
         .unwrap();
     assert!(own.contains("\"result\""), "{own}");
+
+    // Nor read its event stream or end it: every method is checked.
+    let as_them = |method: Method, session: &str, mcp_session: &str| {
+        app.client
+            .request(method, format!("{}/mcp?id=agent-1", app.base))
+            .header("authorization", format!("Bearer {session}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", mcp_session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    for method in [Method::GET, Method::DELETE] {
+        let r = as_them(method.clone(), &theirs, &id).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("opened with another credential"),
+            "{method}: {body}"
+        );
+    }
+    // The session is still there for its owner, who ends it; after that,
+    // and for an id never opened, every method answers 404.
+    let ended = as_them(Method::DELETE, &mine, &id).await.unwrap();
+    assert!(ended.status().is_success(), "{}", ended.status());
+    for mcp_session in [id.as_str(), "no-such-session"] {
+        for method in [Method::POST, Method::GET, Method::DELETE] {
+            let r = as_them(method.clone(), &mine, mcp_session).await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {mcp_session}");
+            let body: Value = r.json().await.unwrap();
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("initialize a new one"),
+                "{method}: {body}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
