@@ -307,44 +307,45 @@ async fn an_mcp_session_stays_with_the_credential_that_opened_it() {
         .unwrap();
     assert!(own.contains("\"result\""), "{own}");
 
-    // Nor read its event stream or end it: every method is checked.
-    let as_them = |method: Method, session: &str, mcp_session: &str| {
-        app.client
-            .request(method, format!("{}/mcp?id=agent-1", app.base))
+    // Nor read its event stream or end it: every method is checked. Each
+    // case: who, which method, on which MCP session, and the refusal.
+    let refused = async |session: &str, method: Method, mcp_session: &str| {
+        let r = app
+            .client
+            .request(method.clone(), format!("{}/mcp?id=agent-1", app.base))
             .header("authorization", format!("Bearer {session}"))
             .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", mcp_session)
             .header("mcp-protocol-version", "2025-06-18")
             .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        let words = body["error"].as_str().unwrap_or_default().to_string();
+        (status, words)
     };
     for method in [Method::GET, Method::DELETE] {
-        let r = as_them(method.clone(), &theirs, &id).await.unwrap();
-        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method}");
-        let body: Value = r.json().await.unwrap();
+        let (status, words) = refused(&theirs, method.clone(), &id).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method}: {words}");
         assert!(
-            body["error"]
-                .as_str()
-                .unwrap()
-                .contains("opened with another credential"),
-            "{method}: {body}"
+            words.contains("opened with another credential"),
+            "{method}: {words}"
         );
     }
     // The session is still there for its owner, who ends it; after that,
     // and for an id never opened, every method answers 404.
-    let ended = as_them(Method::DELETE, &mine, &id).await.unwrap();
-    assert!(ended.status().is_success(), "{}", ended.status());
+    let (status, words) = refused(&mine, Method::DELETE, &id).await;
+    assert!(status.is_success(), "{status}: {words}");
     for mcp_session in [id.as_str(), "no-such-session"] {
         for method in [Method::POST, Method::GET, Method::DELETE] {
-            let r = as_them(method.clone(), &mine, mcp_session).await.unwrap();
-            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {mcp_session}");
-            let body: Value = r.json().await.unwrap();
-            assert!(
-                body["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("initialize a new one"),
-                "{method}: {body}"
+            let (status, words) = refused(&mine, method.clone(), mcp_session).await;
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{method} {mcp_session}: {words}"
             );
+            assert!(words.contains("initialize a new one"), "{method}: {words}");
         }
     }
 }
