@@ -195,8 +195,9 @@ pub struct IdempotencyKeyHeader {
 /// What the `default` response says.
 const DEFAULT_REFUSAL: &str = "Any other refusal or fault: `{\"error\"}` with a status that \
     says who must act (400 malformed, 401 credential, 403 rules, 404 missing, 405 method, \
-    413 too large, 415 not JSON, 429 rate limited with Retry-After, 500 fault, 503 database \
-    unreachable).";
+    408 body too slow, 409 state or encryption mode conflict, 410 gone, 413 too large, \
+    414 request target too long, 415 not JSON, 422 Idempotency-Key reused, 429 rate limited \
+    with Retry-After, 431 headers too large, 500 fault, 503 database unreachable).";
 
 /// Error responses with the [`ErrorBody`] shape, by status.
 fn refusals(list: &[(&str, &str)]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
@@ -251,7 +252,8 @@ impl IntoResponses for BodyRefusals {
         let mut out = refusals(&[
             (
                 "413",
-                "Text or summary over MAX_ENTRY_BYTES, or the body over MAX_BODY_BYTES",
+                "Text or summary over MAX_ENTRY_BYTES, or the body over MAX_BODY_BYTES \
+                 (MAX_REWRITE_BODY_BYTES for the encryption rewrite)",
             ),
             (
                 "415",

@@ -189,6 +189,7 @@ async fn grant(
         (status = 401, description = "Missing or unknown astation token", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
         (status = 409, description = "The session is no longer pending", body = ErrorBody),
+        (status = 410, description = "The pairing expired", body = ErrorBody),
         Refusals,
     ),
     security(("astation" = []))
@@ -215,7 +216,7 @@ async fn deny(
     params(("id" = String, Path, description = "The session")),
     responses(
         (status = 200, description = "Revoked", body = Empty),
-        (status = 401, description = "Missing, unknown or revoked credential", body = ErrorBody),
+        (status = 401, description = "Missing credential, or an unknown astation token", body = ErrorBody),
         (status = 403, description = "A credential that does not own this session: another session, or the token of another astation", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
         Refusals,

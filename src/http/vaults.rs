@@ -137,7 +137,8 @@ fn parse_history(raw: Option<&str>) -> Result<View, ApiError> {
         (status = 422, description = "The Idempotency-Key was used for another request", body = ErrorBody),
         (status = 400, description = "Malformed body or missing `?id`", body = ErrorBody),
         (status = 401, description = "Missing or unusable session", body = ErrorBody),
-        (status = 403, description = "A read-only link cannot create vaults", body = ErrorBody),
+        (status = 403, description = "A read-only link (which this route does not take) cannot create vaults", body = ErrorBody),
+        (status = 409, description = "The value does not fit the work session's encryption mode; nothing was written", body = ErrorBody),
         BodyRefusals,
         Refusals,
     ),
@@ -265,6 +266,7 @@ async fn read(
     responses(
         (status = 200, description = "Where the row landed (for a repeated Idempotency-Key, the first answer)", body = WriteReceipt),
         (status = 422, description = "The Idempotency-Key was used for another request", body = ErrorBody),
+        (status = 409, description = "The value does not fit the work session's encryption mode; nothing was written", body = ErrorBody),
         VaultRefusals,
         BodyRefusals,
     ),
@@ -300,6 +302,7 @@ async fn write(
     request_body = SetSummaryBody,
     responses(
         (status = 200, description = "The summary is set", body = Empty),
+        (status = 409, description = "The value does not fit the work session's encryption mode; nothing was written", body = ErrorBody),
         VaultRefusals,
         BodyRefusals,
     ),
