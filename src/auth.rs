@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiQuery};
 use crate::limits::ClientAddr;
 use crate::secrets;
 use crate::state::AppState;
-use crate::store::{Astation, SessionRecord, SessionState, Store, Vault};
+use crate::store::{Astation, Revocation, SessionRecord, SessionState, Store, Vault};
 
 /// The longest client id (`?id=`) accepted, in characters.
 pub const MAX_CLIENT_ID_CHARS: usize = 128;
@@ -38,6 +38,19 @@ pub enum Principal {
         secret_hash: String,
         expires_at: DateTime<Utc>,
     },
+}
+
+impl Principal {
+    /// Whether `revocation` ends this principal's access: every open
+    /// stream, held long poll and MCP session of it ends on one.
+    pub fn revoked_by(&self, revocation: &Revocation) -> bool {
+        match (revocation, self) {
+            (Revocation::Session(h), Principal::Session { session_hash, .. }) => h == session_hash,
+            (Revocation::Astation(a), Principal::Session { work_session, .. }) => a == work_session,
+            (Revocation::Link(id), Principal::Link { link_id, .. }) => id == link_id,
+            _ => false,
+        }
+    }
 }
 
 /// An authenticated vault caller: a principal and the client id it acts as.
@@ -488,37 +501,46 @@ pub fn public_status(record: &SessionRecord) -> &'static str {
 }
 
 /// Revokes a session. Allowed with the session itself, or with the token of
-/// the astation it is bound to.
+/// the astation it is bound to; under the failed-authentication limit like
+/// every credential.
 pub async fn revoke(
     state: &AppState,
     addr: ClientAddr,
     session_id: &str,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    let store = state.store.as_ref();
-    let record = crate::pairing::pairing_session(store, session_id).await?;
-    match credential(headers, takes::REVOKE)? {
+    let presented = credential(headers, takes::REVOKE)?;
+    if presented.is_some() {
+        state.limits.check_credential(addr)?;
+    }
+    let record = match presented {
         Some(Credential::Session(presented)) => {
-            if !secrets::matches_hash(presented, &record.id_hash) {
+            // Both ids come from this request, so a plain comparison leaks
+            // nothing; made before any lookup, so that this refusal says
+            // nothing of whether the path's session exists.
+            if presented != session_id {
                 return Err(ApiError::Forbidden(
                     "a session can only revoke itself; use its astation token for others".into(),
                 ));
             }
+            crate::pairing::presented_session(state, addr, session_id).await?
         }
         Some(Credential::Bearer(token)) => {
             let astation = astation_by_token(state, addr, token).await?;
+            let record = crate::pairing::pairing_session(state.store.as_ref(), session_id).await?;
             if record.astation_id.as_deref() != Some(astation.astation_id.as_str()) {
                 return Err(ApiError::Forbidden(
                     "this session is not bound to your astation".into(),
                 ));
             }
+            record
         }
         _ => {
             return Err(ApiError::Unauthorized(
                 "send `Authorization: session <that id>` or `Bearer <its astation token>`".into(),
             ));
         }
-    }
-    store.revoke_session(&record.id_hash).await?;
+    };
+    state.store.revoke_session(&record.id_hash).await?;
     Ok(())
 }

@@ -6,6 +6,12 @@ use vault_relay::config::{Cli, LogFormat};
 use vault_relay::startup::Application;
 use vault_relay::{cli, shutdown};
 
+/// The log filter without `RUST_LOG`. The MCP library reports a client's
+/// protocol mistakes (a refused tool call, an unknown method) as warnings,
+/// and names MCP sessions at info; the relay logs client mistakes at debug
+/// at most, so the library's own lines show only from `error` up.
+const DEFAULT_LOG_FILTER: &str = "info,rmcp=error";
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -14,7 +20,8 @@ async fn main() -> std::process::ExitCode {
     let args = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr);
     match args.config.log_format {

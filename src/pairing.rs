@@ -145,17 +145,25 @@ pub async fn session_status(
     addr: ClientAddr,
     session_id: &str,
 ) -> Result<&'static str, ApiError> {
-    let limits = &state.limits;
-    limits.check_credential(addr)?;
-    match pairing_session(state.store.as_ref(), session_id).await {
-        Ok(record) => Ok(public_status(&record)),
-        Err(e) => {
-            if let ApiError::NotFound(_) = e {
-                limits.record_auth_failure(addr);
-            }
-            Err(e)
-        }
+    state.limits.check_credential(addr)?;
+    let record = presented_session(state, addr, session_id).await?;
+    Ok(public_status(&record))
+}
+
+/// The session whose id the client presented (in the path or in its
+/// Authorization header): 404 when there is none, counted as a failed
+/// authentication of `addr` because the id is the session's secret. The
+/// caller has checked that `addr` is not over the limit.
+pub(crate) async fn presented_session(
+    state: &AppState,
+    addr: ClientAddr,
+    session_id: &str,
+) -> Result<SessionRecord, ApiError> {
+    let found = pairing_session(state.store.as_ref(), session_id).await;
+    if let Err(ApiError::NotFound(_)) = &found {
+        state.limits.record_auth_failure(addr);
     }
+    found
 }
 
 /// Says why a session that is not pending cannot be granted or denied.

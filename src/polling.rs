@@ -4,7 +4,9 @@
 //! - A long poll is held on a hub subscription ([`crate::stream::Hub::watch`]),
 //!   the same fan-out that feeds the streams, so a commit on any replica wakes
 //!   it. A process holds at most `LONG_POLL_MAX` of them; one more is refused
-//!   with 503 and `Retry-After`. Shutdown answers held polls at once.
+//!   with 503 and `Retry-After`. Shutdown answers held polls at once; a
+//!   revocation (or a link's expiry) answers its credential's polls with
+//!   401, as the streams close.
 //! - A tag names the store's epoch, the vault, its head seq (read before the
 //!   rows) and the query. Rows are never changed in place and every write
 //!   moves the head, so the tag changes whenever the answer would. A tag
@@ -14,9 +16,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::{self, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::View;
@@ -170,9 +174,13 @@ impl LongPolls {
 /// Holds a long poll until a row with `seq > since` commits in the vault,
 /// `wait` passes or the relay shuts down. `head_seq` is the vault's head as
 /// read before the call (at most `since`). Returns the head to answer from:
-/// above `since` when a row arrived, else `head_seq`.
+/// above `since` when a row arrived, else `head_seq`. A poll whose
+/// credential is revoked (or, for a link, expires) while it is held is
+/// answered at once with the 401 its next request would get, so that it
+/// never returns rows committed after its access ended.
 pub async fn wait_for_row(
     state: &AppState,
+    principal: &Principal,
     vault_id: &str,
     head_seq: i64,
     since: i64,
@@ -180,21 +188,42 @@ pub async fn wait_for_row(
 ) -> Result<i64, ApiError> {
     let _held = (state.long_polls.hold()?, state.metrics.long_poll_held());
     let mut sub = state.hub.watch(vault_id, head_seq);
-    // A row may have committed between the caller's read and subscribing;
-    // from here on every commit reaches the subscription.
+    // A row may have committed, or the credential been revoked, between the
+    // caller's checks and subscribing; from here on both reach the
+    // subscription.
+    auth::still_valid(state.store.as_ref(), principal).await?;
     let head = current_head(state, vault_id).await?;
     if head > since {
         return Ok(head);
     }
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
+    let expiry = async {
+        match principal {
+            Principal::Link { expires_at, .. } => {
+                let left = (*expires_at - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(left).await
+            }
+            Principal::Session { .. } => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
+            biased;
+            _ = &mut expiry => {
+                return Err(ApiError::Unauthorized("this link has expired".into()));
+            }
             event = sub.recv() => match event {
                 Ok(Event::Entry { seq, .. }) if seq > since => return Ok(seq),
+                Ok(Event::Revoked(r)) if principal.revoked_by(&r) => {
+                    return Err(access_ended(state, principal).await);
+                }
                 Ok(_) => {}
-                // Missed events: ask the store what is committed.
+                // Missed events: ask the store what is committed, and
+                // whether a revocation was among them.
                 Err(RecvError::Lagged(_)) => {
+                    auth::still_valid(state.store.as_ref(), principal).await?;
                     let head = current_head(state, vault_id).await?;
                     if head > since {
                         return Ok(head);
@@ -205,6 +234,16 @@ pub async fn wait_for_row(
             _ = &mut deadline => return Ok(head_seq),
             _ = state.shutdown.wait() => return Ok(head_seq),
         }
+    }
+}
+
+/// The refusal for a principal whose revocation was announced: what its
+/// next request is told (the store records a revocation before announcing
+/// it).
+async fn access_ended(state: &AppState, principal: &Principal) -> ApiError {
+    match auth::still_valid(state.store.as_ref(), principal).await {
+        Err(refusal) => refusal,
+        Ok(()) => ApiError::Unauthorized("this credential was revoked".into()),
     }
 }
 

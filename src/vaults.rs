@@ -195,7 +195,7 @@ pub async fn read_with(
     if let Some(wait) = req.wait
         && head <= since
     {
-        head = polling::wait_for_row(state, vault_id, head, since, wait).await?;
+        head = polling::wait_for_row(state, &caller.principal, vault_id, head, since, wait).await?;
     }
     let etag = polling::etag(&state.store.epoch(), vault_id, head, req);
     if req

@@ -61,6 +61,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
         move || Ok(VaultMcp::new(state.clone(), sessions.clone()))
     };
     let owners = Owners::new(sessions.clone());
+    owners.end_on_revocation(state);
     let service = Mcp(StreamableHttpService::new(factory, sessions, config));
     OpenApiRouter::default()
         .routes(routes!(post_mcp, get_mcp, delete_mcp).layer(Extension(service)))

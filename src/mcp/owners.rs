@@ -7,7 +7,8 @@
 //! session must come from that principal (403 otherwise), for every method.
 //! A session the library no longer holds (ended, or idle past its
 //! keep-alive) is forgotten here the next time it is named, and the whole
-//! record is swept of such sessions as it grows.
+//! record is swept of such sessions as it grows. A revocation ends every
+//! MCP session of the credentials it covers, as it closes their streams.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
-use crate::auth::Principal;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::{self, Principal};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Sessions recorded before the first sweep of ended ones.
 const FIRST_SWEEP_AT: usize = 64;
@@ -92,6 +97,68 @@ impl Owners {
     /// Forgets a session that was ended.
     pub fn ended(&self, id: &str) {
         self.lock().owners.remove(id);
+    }
+
+    /// Ends every MCP session opened by a credential that a revocation
+    /// covers, once it is announced (by this replica or another): without
+    /// this, the library would keep a session's event stream open after its
+    /// credential was revoked.
+    pub fn end_on_revocation(&self, state: &AppState) {
+        let (owners, state) = (self.clone(), state.clone());
+        let mut revocations = state.hub.revocations();
+        tokio::spawn(async move {
+            loop {
+                let ended = tokio::select! {
+                    r = revocations.recv() => match r {
+                        Ok(r) => owners.opened_by(|p| p.revoked_by(&r)),
+                        // Some were missed: ask the store about every owner.
+                        Err(RecvError::Lagged(_)) => owners.no_longer_valid(&state).await,
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = state.shutdown.wait() => return,
+                };
+                for id in ended {
+                    owners.ended(&id);
+                    tracing::debug!("closing an MCP session whose credential was revoked");
+                    // The local manager's close cannot fail in a way we
+                    // could act on: a session already gone is the goal.
+                    let _ = owners.sessions.close_session(&id).await;
+                }
+            }
+        });
+    }
+
+    /// The sessions whose owner matches `covered`.
+    fn opened_by(&self, covered: impl Fn(&Principal) -> bool) -> Vec<Arc<str>> {
+        let record = self.lock();
+        record
+            .owners
+            .iter()
+            .filter(|(_, owner)| covered(owner))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The sessions whose owner the store no longer accepts.
+    async fn no_longer_valid(&self, state: &AppState) -> Vec<Arc<str>> {
+        let owned: Vec<(Arc<str>, Principal)> = self
+            .lock()
+            .owners
+            .iter()
+            .map(|(id, p)| (id.clone(), p.clone()))
+            .collect();
+        let mut ended = Vec::new();
+        for (id, owner) in owned {
+            // Refused, not merely unanswered: a store that is down for a
+            // moment ends nobody's session.
+            if matches!(
+                auth::still_valid(state.store.as_ref(), &owner).await,
+                Err(ApiError::Unauthorized(_) | ApiError::WrongSecret(_))
+            ) {
+                ended.push(id);
+            }
+        }
+        ended
     }
 
     /// Forgets every session the library no longer holds; the next sweep

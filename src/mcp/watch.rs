@@ -29,7 +29,6 @@ use tokio::task::JoinHandle;
 use crate::auth::{self, Principal};
 use crate::state::AppState;
 use crate::stream::Event;
-use crate::stream::flow::revokes;
 
 /// What one subscription needs.
 pub struct WatchRequest {
@@ -211,7 +210,7 @@ async fn listen(
                 Ok(Event::Entry { .. }) => true,
                 Ok(Event::Frame(frame)) => is_summary(frame.json()),
                 Ok(Event::Revoked(r)) => {
-                    if revokes(&r, &req.principal) {
+                    if req.principal.revoked_by(&r) {
                         return Stop::Revoked;
                     }
                     false
@@ -221,7 +220,7 @@ async fn listen(
                 Err(RecvError::Closed) => return Stop::Gone,
             },
             r = revocations.recv() => match r {
-                Ok(r) if revokes(&r, &req.principal) => return Stop::Revoked,
+                Ok(r) if req.principal.revoked_by(&r) => return Stop::Revoked,
                 Ok(_) => false,
                 Err(_) => {
                     if auth::still_valid(state.store.as_ref(), &req.principal).await.is_err() {

@@ -212,16 +212,6 @@ async fn catch_up<T: Transport>(
     }
 }
 
-/// Whether a revocation covers this principal.
-pub(crate) fn revokes(r: &Revocation, principal: &Principal) -> bool {
-    match (r, principal) {
-        (Revocation::Session(h), Principal::Session { session_hash, .. }) => h == session_hash,
-        (Revocation::Astation(a), Principal::Session { work_session, .. }) => a == work_session,
-        (Revocation::Link(id), Principal::Link { link_id, .. }) => id == link_id,
-        _ => false,
-    }
-}
-
 /// A stream past its greeting: what the live loop needs, and nothing more.
 struct Live {
     sub: super::hub::Subscription,
@@ -290,7 +280,7 @@ async fn greet<T: Transport>(
     // Revocations announced between the credential check and the join.
     loop {
         match revocations.try_recv() {
-            Ok(r) if revokes(&r, &principal) => return Ok(Err(End::Revoked)),
+            Ok(r) if principal.revoked_by(&r) => return Ok(Err(End::Revoked)),
             Ok(_) => {}
             Err(broadcast::error::TryRecvError::Lagged(_)) => {
                 if auth::still_valid(hub.store().as_ref(), &principal)
@@ -399,7 +389,7 @@ async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End
                             fed += 1;
                         }
                         Ok(Event::Revoked(r)) => {
-                            if revokes(&r, &principal) {
+                            if principal.revoked_by(&r) {
                                 return Ok(End::Revoked);
                             }
                         }

@@ -152,17 +152,17 @@ async fn wrong_tokens_meet_429_and_then_every_credential_does(backend: Backend) 
 
 async fn every_kind_of_wrong_secret_counts(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {
-        c.rate_limit_auth_failures_per_min = 7;
+        c.rate_limit_auth_failures_per_min = 8;
         c.trust_forwarded_for = true;
     })
     .await;
     let (_, token, s) = app.work_session("home").await;
     let v = app.create_vault(&s, "c", "").await;
     let from = Some("198.51.100.1");
-    // Seven wrong secrets, one of each kind (a session id both on a read
+    // Eight wrong secrets, one of each kind (a session id both on a read
     // and on a write, which checks the session inside the write, and an
-    // unknown session id in a status route): each is a plain 401 (or 404),
-    // and counted.
+    // unknown session id in a status route and in a revoke): each is a
+    // plain 401 (or 404), and counted.
     let attempts: Vec<(Method, String, Option<String>, Option<Value>)> = vec![
         (
             Method::GET,
@@ -206,6 +206,12 @@ async fn every_kind_of_wrong_secret_counts(backend: Backend) {
             None,
             None,
         ),
+        (
+            Method::DELETE,
+            "/api/sessions/s-nope-again".into(),
+            Some("session s-nope-again".into()),
+            None,
+        ),
     ];
     for (method, path, auth, body) in attempts {
         let (status, _, err) = send(&app, method, &path, auth.as_deref(), from, body).await;
@@ -239,6 +245,19 @@ async fn every_kind_of_wrong_secret_counts(backend: Backend) {
         app.read(&v, &s, "c", "").await.is_empty(),
         "nothing written"
     );
+    // A session revoking itself carries a credential: refused too, and the
+    // session lives on.
+    let answer = send(
+        &app,
+        Method::DELETE,
+        &format!("/api/sessions/{s}"),
+        Some(&format!("session {s}")),
+        from,
+        None,
+    )
+    .await;
+    assert_429(&answer, 10);
+    assert_eq!(app.session_status(&s).await, "granted");
     // A pairing request carries no credential: it is not affected.
     let answer = pair_from(&app, from).await;
     assert_eq!(answer.0, StatusCode::OK, "{}", answer.2);

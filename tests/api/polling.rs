@@ -22,6 +22,8 @@ both_stores!(
     shutdown_answers_held_long_polls_at_once,
     reads_carry_a_tag_and_answer_304_while_it_holds,
     a_rewrite_changes_the_tag_and_wakes_a_long_poll,
+    a_held_poll_ends_when_its_session_or_astation_is_revoked,
+    a_held_link_poll_ends_when_the_link_is_revoked_or_expires,
 );
 
 /// A raw GET as `session`: status, headers and body text.
@@ -40,9 +42,19 @@ async fn get_with(
     session: &str,
     if_none_match: Option<&str>,
 ) -> (StatusCode, HeaderMap, String) {
+    get_as(client, url, &format!("session {session}"), if_none_match).await
+}
+
+/// A raw GET with the `Authorization` header `auth`.
+async fn get_as(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    if_none_match: Option<&str>,
+) -> (StatusCode, HeaderMap, String) {
     let mut req = client
         .get(url)
-        .header("authorization", format!("session {session}"))
+        .header("authorization", auth)
         .timeout(Duration::from_secs(90));
     if let Some(tag) = if_none_match {
         req = req.header("if-none-match", tag);
@@ -529,4 +541,126 @@ async fn a_rewrite_changes_the_tag_and_wakes_a_long_poll(backend: Backend) {
     let (status, _, text) = get(&app, &current, &s, Some(&tag)).await;
     assert_eq!(status, StatusCode::OK, "the old tag no longer holds");
     assert_eq!(rows(&text)[0]["content"], sealed);
+}
+
+/// Holds a 30 s poll on `vault` beyond `since` with the header `auth`, and
+/// waits until the relay holds it.
+async fn hold_poll(
+    app: &TestApp,
+    vault: &str,
+    since: i64,
+    auth: String,
+) -> tokio::task::JoinHandle<(StatusCode, HeaderMap, String)> {
+    let (client, url) = (
+        app.client.clone(),
+        vault_url(app, vault, &format!("history=true&since={since}&wait=30")),
+    );
+    let poll = tokio::spawn(async move { get_as(&client, &url, &auth, None).await });
+    until_held(app, 1.0).await;
+    poll
+}
+
+/// The poll is answered with a 401 whose error names `needle`, and without
+/// any row.
+async fn assert_refused(
+    app: &TestApp,
+    poll: tokio::task::JoinHandle<(StatusCode, HeaderMap, String)>,
+    needle: &str,
+) {
+    let (status, _, text) = tokio::time::timeout(Duration::from_secs(20), poll)
+        .await
+        .expect("the poll is answered before its wait ends")
+        .expect("poll task");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    assert!(error_of(status, &text).contains(needle), "{text}");
+    assert!(!text.contains("after"), "no row leaks: {text}");
+    until_held(app, 0.0).await;
+}
+
+async fn a_held_poll_ends_when_its_session_or_astation_is_revoked(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (astation, token, s) = app.work_session("home").await;
+    let writer = app.session(&token).await;
+    let v = app.create_vault(&s, "c", "").await;
+    let head = app.write(&v, &s, "c", "before", None).await["seq"]
+        .as_i64()
+        .unwrap();
+
+    // The session revoked while its poll is held: a row written after the
+    // revocation (by another session) is never its answer.
+    let poll = hold_poll(&app, &v, head, format!("session {s}")).await;
+    let (status, body) = app.revoke_session(&s, &format!("session {s}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let head = app.write(&v, &writer, "c", "after one", None).await["seq"]
+        .as_i64()
+        .unwrap();
+    assert_refused(&app, poll, "revoked").await;
+
+    // Its astation removed: the poll of its other session ends too.
+    let poll = hold_poll(&app, &v, head, format!("session {writer}")).await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/admin/astations/{astation}"),
+            Some(&format!("Bearer {}", crate::helpers::ADMIN_TOKEN)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_refused(&app, poll, "revoked").await;
+}
+
+/// A read-only link to `vault` made by `session`: (link id, secret).
+async fn link(app: &TestApp, vault: &str, session: &str, expires_in_secs: u64) -> (String, String) {
+    let (status, created) = app
+        .vault_call(
+            reqwest::Method::POST,
+            &format!("/api/vault/{vault}/links"),
+            session,
+            "c",
+            Some(json!({ "expires_in_secs": expires_in_secs })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let url = created["url"].as_str().expect("url");
+    let secret = url.split("link=").nth(1).expect("the secret");
+    (
+        created["link_id"].as_str().unwrap().to_string(),
+        secret.to_string(),
+    )
+}
+
+async fn a_held_link_poll_ends_when_the_link_is_revoked_or_expires(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let mut head = app.write(&v, &s, "c", "before", None).await["seq"]
+        .as_i64()
+        .unwrap();
+
+    // Revoked while held: the next row is not its answer.
+    let (id, secret) = link(&app, &v, &s, 600).await;
+    let poll = hold_poll(&app, &v, head, format!("link {secret}")).await;
+    let (status, body) = app
+        .vault_call(
+            reqwest::Method::DELETE,
+            &format!("/api/vault/{v}/links/{id}"),
+            &s,
+            "c",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    head = app.write(&v, &s, "c", "after the revocation", None).await["seq"]
+        .as_i64()
+        .unwrap();
+    assert_refused(&app, poll, "revoked").await;
+
+    // Expiring while held: answered at its expiry, before a row written
+    // after it could be.
+    let (_, secret) = link(&app, &v, &s, 2).await;
+    let poll = hold_poll(&app, &v, head, format!("link {secret}")).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.write(&v, &s, "c", "after the expiry", None).await;
+    assert_refused(&app, poll, "expired").await;
 }

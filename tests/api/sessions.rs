@@ -155,9 +155,30 @@ async fn a_session_can_revoke_itself(backend: Backend) {
     let (_, token, s) = app.work_session("desk").await;
     let other = app.session(&token).await;
     assert_eq!(vault_list_status(&app, &s).await.0, StatusCode::OK);
-    // Another session cannot revoke it.
-    let (status, _) = app.revoke_session(&s, &format!("session {other}")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Another session cannot revoke it, and its refusal is the same for a
+    // session that does not exist: it says nothing of which ids are real.
+    let (status, refused) = app.revoke_session(&s, &format!("session {other}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("only revoke itself"),
+        "{refused}"
+    );
+    let unknown = app
+        .revoke_session("s-no-such-session", &format!("session {other}"))
+        .await;
+    assert_eq!(unknown, (status, refused));
+    // An unknown session revoking itself is told there is no such session.
+    let (status, body) = app
+        .revoke_session("s-no-such-session", "session s-no-such-session")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no such session"),
+        "{body}"
+    );
     let (status, body) = app.revoke_session(&s, &format!("session {s}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({}));

@@ -1,6 +1,7 @@
 //! `/mcp` as HTTP: refusals before any exchange, keepalive pings of a
 //! subscribed session, a session bound to the credential that opened it,
-//! browser clients' headers, revocation, and subscriptions across replicas.
+//! browser clients' headers, revocation (of subscribed and idle sessions),
+//! and subscriptions across replicas.
 
 use std::time::Duration;
 
@@ -421,6 +422,86 @@ async fn revoking_the_session_ends_its_mcp_access() {
         after.is_err(),
         "a revoked session gets no tool results: {after:?}"
     );
+}
+
+/// Opens an MCP session on `app` as `session` (initialize, initialized) and
+/// its event stream; returns the open stream's response.
+async fn open_event_stream(app: &TestApp, session: &str) -> reqwest::Response {
+    let opened = mcp_post(
+        app,
+        session,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+    let id = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    mcp_post(app, session, Some(&id), &initialized)
+        .send()
+        .await
+        .unwrap();
+    let events = app
+        .client
+        .get(format!("{}/mcp?id=agent-1", app.base))
+        .header("authorization", format!("Bearer {session}"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    events
+}
+
+/// An MCP session with no subscription, only its event stream open: the
+/// session's revocation (on `revoker`, this replica or another) ends that
+/// stream, as it closes the vault streams.
+async fn revoking_ends_an_idle_mcp_event_stream(app: &TestApp, revoker: &TestApp) {
+    let (_, _, s) = app.work_session("home").await;
+    let mut events = open_event_stream(app, &s).await;
+    // Still open a moment later: the end below is the revocation's doing.
+    let early = tokio::time::timeout(Duration::from_millis(300), events.chunk()).await;
+    assert!(
+        !matches!(early, Ok(Ok(None)) | Ok(Err(_))),
+        "the stream ended on its own: {early:?}"
+    );
+    let (status, _) = revoker.revoke_session(&s, &format!("session {s}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = tokio::time::timeout(UPDATE_WAIT, async {
+        loop {
+            match events.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the event stream is still open after the revocation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_session_ends_its_idle_mcp_event_stream() {
+    let app = TestApp::spawn(Backend::Memory).await;
+    revoking_ends_an_idle_mcp_event_stream(&app, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_on_another_replica_ends_an_idle_mcp_event_stream() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let b = TestApp::spawn_on(a.db.clone().unwrap()).await;
+    revoking_ends_an_idle_mcp_event_stream(&a, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
