@@ -218,7 +218,9 @@ pub async fn principal_from_headers(
     let limits = &state.limits;
     match credential(headers, takes::VAULT)? {
         None => Err(ApiError::Unauthorized(
-            "missing credential: send the header `Authorization: session <session_id>`".into(),
+            "missing credential: send the header `Authorization: session <session_id>` \
+             (or `Authorization: link <secret>` for a read-only link)"
+                .into(),
         )),
         Some(Credential::Session(id)) => {
             limits

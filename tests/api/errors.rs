@@ -172,7 +172,7 @@ async fn credentials_are_checked_with_401(backend: Backend) {
     let v = app.create_vault(&s, "c", "").await;
     let path = format!("/api/vault/{v}?id=c");
     let cases = [
-        (None, "missing credential"),
+        (None, "`Authorization: link <secret>` for a read-only link"),
         (
             Some("session s-doesnotexist".to_string()),
             "unknown session",
