@@ -610,6 +610,23 @@ async fn a_held_poll_ends_when_its_session_or_astation_is_revoked(backend: Backe
     assert_refused(&app, poll, "revoked").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_poll_ends_when_its_session_is_revoked_on_another_replica() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let b = TestApp::spawn_on(a.db.clone().unwrap()).await;
+    let (_, token, s) = a.work_session("home").await;
+    let writer = a.session(&token).await;
+    let v = a.create_vault(&s, "c", "").await;
+    let head = a.write(&v, &s, "c", "before", None).await["seq"]
+        .as_i64()
+        .unwrap();
+    let poll = hold_poll(&a, &v, head, format!("session {s}")).await;
+    let (status, body) = b.revoke_session(&s, &format!("session {s}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    b.write(&v, &writer, "c", "after one", None).await;
+    assert_refused(&a, poll, "revoked").await;
+}
+
 /// A read-only link to `vault` made by `session`: (link id, secret).
 async fn link(app: &TestApp, vault: &str, session: &str, expires_in_secs: u64) -> (String, String) {
     let (status, created) = app
