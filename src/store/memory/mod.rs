@@ -5,6 +5,8 @@
 //! lock is released, i.e. after the "commit".
 
 mod credentials;
+mod encryption;
+mod idempotency;
 mod links;
 mod presence;
 
@@ -14,12 +16,12 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use crate::encryption::{self, FieldCounts, ModeChange, ModeState, Rewrite, mode::Plan};
+use crate::encryption::{FieldCounts, ModeChange, ModeState, Rewrite};
 
 use super::{
     Astation, Committed, Entry, IdempotencyClaim, KIND_CONTENT, Keyed, NewEntry, NewVault, Notice,
-    PriorResponse, ReadLink, SessionRecord, SessionState, Store, StoreError, StoreResult,
-    StreamTicket, Vault, VaultListItem, View, Watcher, WatcherRecord, WriteKey, WriteReceipt,
+    ReadLink, SessionRecord, SessionState, Store, StoreError, StoreResult, StreamTicket, Vault,
+    VaultListItem, View, Watcher, WatcherRecord, WriteKey, WriteReceipt,
 };
 
 /// Capacity of the notice channel; a lagging receiver resyncs from the store.
@@ -38,15 +40,9 @@ struct State {
     /// Open streams in the order they joined: (replica, conn) -> record.
     watchers: Vec<WatcherRecord>,
     /// Idempotency keys by (work session, client id, key).
-    idempotency: HashMap<(String, String, String), StoredKey>,
+    idempotency: HashMap<(String, String, String), idempotency::StoredKey>,
     /// Encryption modes by work session; absent means never set (off).
     modes: HashMap<String, ModeState>,
-}
-
-struct StoredKey {
-    fingerprint: String,
-    response: String,
-    expires_at: std::time::Instant,
 }
 
 impl State {
@@ -55,59 +51,6 @@ impl State {
             .get(vault_id)
             .map(|v| v.vault.work_session.clone())
             .ok_or(StoreError::VaultNotFound)
-    }
-
-    fn mode(&self, work_session: &str) -> ModeState {
-        self.modes.get(work_session).cloned().unwrap_or_default()
-    }
-
-    /// The write-side mode check: every write calls it under the lock,
-    /// before it changes anything.
-    fn admit(&self, work_session: &str, value: &str) -> StoreResult<()> {
-        let mode = self.mode(work_session);
-        if encryption::mode::accepts_write(&mode, value) {
-            Ok(())
-        } else {
-            Err(StoreError::ModeMismatch(mode))
-        }
-    }
-
-    fn counts(&self, work_session: &str, kid: Option<&str>) -> FieldCounts {
-        let vaults = self
-            .vaults
-            .values()
-            .filter(|v| v.vault.work_session == work_session);
-        FieldCounts::of(
-            vaults.flat_map(|v| {
-                std::iter::once(v.vault.summary.as_str())
-                    .chain(v.rows.iter().map(|r| r.content.as_str()))
-            }),
-            kid,
-        )
-    }
-
-    /// The live record of a claim's key, if any.
-    fn prior(&self, claim: &IdempotencyClaim) -> Option<PriorResponse> {
-        let id = key_id(claim);
-        self.idempotency
-            .get(&id)
-            .filter(|k| k.expires_at > std::time::Instant::now())
-            .map(|k| PriorResponse {
-                fingerprint: k.fingerprint.clone(),
-                response: k.response.clone(),
-            })
-    }
-
-    /// Stores a claim's key with the response its write produced.
-    fn record(&mut self, claim: &IdempotencyClaim, response: String) {
-        self.idempotency.insert(
-            key_id(claim),
-            StoredKey {
-                fingerprint: claim.fingerprint.clone(),
-                response,
-                expires_at: std::time::Instant::now() + claim.ttl,
-            },
-        );
     }
 
     fn insert_vault(&mut self, new: NewVault) -> StoreResult<Vault> {
@@ -140,14 +83,6 @@ impl State {
     fn insert_entry(&mut self, new: NewEntry) -> StoreResult<WriteReceipt> {
         Ok(self.write(new)?.committed.receipt())
     }
-}
-
-fn key_id(claim: &IdempotencyClaim) -> (String, String, String) {
-    (
-        claim.work_session.clone(),
-        claim.client_id.clone(),
-        claim.key.clone(),
-    )
 }
 
 struct VaultState {
@@ -509,15 +444,7 @@ impl Store for MemoryStore {
         new: NewVault,
         claim: &IdempotencyClaim,
     ) -> StoreResult<Keyed<Vault>> {
-        // One lock for the check, the write and the record: concurrent
-        // repeats of a key serialize here and only the first one writes.
-        let mut st = self.lock();
-        if let Some(prior) = st.prior(claim) {
-            return Ok(Keyed::Prior(prior));
-        }
-        let vault = st.insert_vault(new)?;
-        st.record(claim, super::created_response(&vault));
-        Ok(Keyed::Done(vault))
+        idempotency::create_vault_keyed(self, new, claim)
     }
 
     async fn write_entry_keyed(
@@ -525,29 +452,11 @@ impl Store for MemoryStore {
         new: NewEntry,
         claim: &IdempotencyClaim,
     ) -> StoreResult<Keyed<WriteReceipt>> {
-        let vault_id = new.vault_id.clone();
-        let receipt = {
-            let mut st = self.lock();
-            if let Some(prior) = st.prior(claim) {
-                return Ok(Keyed::Prior(prior));
-            }
-            let receipt = st.insert_entry(new)?;
-            st.record(claim, super::receipt_response(&receipt));
-            receipt
-        };
-        self.announce(Notice::Entry {
-            vault_id,
-            seq: receipt.seq,
-        });
-        Ok(Keyed::Done(receipt))
+        idempotency::write_entry_keyed(self, new, claim)
     }
 
     async fn sweep_idempotency_keys(&self) -> StoreResult<u64> {
-        let now = std::time::Instant::now();
-        let mut st = self.lock();
-        let before = st.idempotency.len();
-        st.idempotency.retain(|_, k| k.expires_at > now);
-        Ok((before - st.idempotency.len()) as u64)
+        Ok(idempotency::sweep(self))
     }
 
     async fn write_as(
@@ -590,107 +499,10 @@ impl Store for MemoryStore {
         work_session: &str,
         change: &ModeChange,
     ) -> StoreResult<(ModeState, FieldCounts)> {
-        let (after, counts, moved) = {
-            let mut st = self.lock();
-            let current = st.mode(work_session);
-            let plan = encryption::mode::plan(&current, change, || {
-                st.counts(work_session, current.kid.as_deref())
-            })?;
-            let (after, moved) = match plan {
-                Plan::Keep => (current, false),
-                Plan::Move { mode, kid } => {
-                    let after = ModeState {
-                        mode,
-                        kid,
-                        updated_at: Some(super::now()),
-                    };
-                    st.modes.insert(work_session.to_string(), after.clone());
-                    (after, true)
-                }
-            };
-            let counts = st.counts(work_session, after.kid.as_deref());
-            (after, counts, moved)
-        };
-        if moved {
-            self.announce(Notice::Encryption {
-                work_session: work_session.to_string(),
-            });
-        }
-        Ok((after, counts))
+        encryption::set_mode(self, work_session, change)
     }
 
     async fn rewrite_vault(&self, rewrite: &Rewrite) -> StoreResult<i64> {
-        let (first_seq, count) = {
-            let mut st = self.lock();
-            let work_session = st.work_session_of(&rewrite.vault_id)?;
-            let mode = st.mode(&work_session);
-            let fits = encryption::mode::rewrite_runs_in(mode.mode)
-                && encryption::mode::accepts_rewrite(&mode, &rewrite.summary)
-                && rewrite
-                    .entries
-                    .iter()
-                    .all(|r| encryption::mode::accepts_rewrite(&mode, &r.content));
-            if !fits {
-                return Err(StoreError::ModeMismatch(mode));
-            }
-            let next_seq = st.next_seq;
-            let vs = st
-                .vaults
-                .get_mut(&rewrite.vault_id)
-                .ok_or(StoreError::VaultNotFound)?;
-            let index: HashMap<(i64, i64), usize> = vs
-                .rows
-                .iter()
-                .enumerate()
-                .map(|(at, row)| ((row.entry_no, row.version), at))
-                .collect();
-            let mut positions = Vec::with_capacity(rewrite.entries.len());
-            for r in &rewrite.entries {
-                let at = index.get(&(r.entry_no, r.version)).copied().ok_or(
-                    StoreError::RowNotFound {
-                        entry_no: r.entry_no,
-                        version: r.version,
-                    },
-                )?;
-                positions.push(at);
-            }
-            // Checks are done; from here on nothing fails. Rewritten rows
-            // leave their place and join the end of the log with fresh
-            // seqs, in the order listed, so rows stay in seq order.
-            let mut moved: Vec<Entry> = positions.iter().map(|&at| vs.rows[at].clone()).collect();
-            let mut leaving = vec![false; vs.rows.len()];
-            for at in positions {
-                leaving[at] = true;
-            }
-            let mut at = 0;
-            vs.rows.retain(|_| {
-                at += 1;
-                !leaving[at - 1]
-            });
-            let mut seq = next_seq;
-            for (row, r) in moved.iter_mut().zip(&rewrite.entries) {
-                seq += 1;
-                row.seq = seq;
-                row.content = r.content.clone();
-            }
-            vs.rows.extend(moved);
-            vs.vault.summary = rewrite.summary.clone();
-            let count = rewrite.entries.len() as i64;
-            if count > 0 {
-                vs.vault.head_seq = seq;
-            }
-            st.next_seq = seq;
-            (next_seq + 1, count)
-        };
-        for seq in first_seq..first_seq + count {
-            self.announce(Notice::Entry {
-                vault_id: rewrite.vault_id.clone(),
-                seq,
-            });
-        }
-        self.announce(Notice::Summary {
-            vault_id: rewrite.vault_id.clone(),
-        });
-        Ok(count)
+        encryption::rewrite_vault(self, rewrite)
     }
 }
