@@ -15,6 +15,6 @@ WORKDIR /app
 COPY --from=build /src/target/release/vault-relay /usr/local/bin/vault-relay
 COPY web ./web
 USER relay
-ENV PORT=3000 RUST_LOG=info
+ENV PORT=3000
 EXPOSE 3000
 ENTRYPOINT ["vault-relay"]

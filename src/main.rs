@@ -9,8 +9,9 @@ use vault_relay::{cli, shutdown};
 /// The log filter without `RUST_LOG`. The MCP library reports a client's
 /// protocol mistakes (a refused tool call, an unknown method) as warnings,
 /// and names MCP sessions at info; the relay logs client mistakes at debug
-/// at most, so the library's own lines show only from `error` up.
-const DEFAULT_LOG_FILTER: &str = "info,rmcp=error";
+/// at most, so the library's own lines show only from `error` up. Postgres's
+/// notices (a migration's "already exists, skipping") show from `warn` up.
+const DEFAULT_LOG_FILTER: &str = "info,rmcp=error,sqlx::postgres::notice=warn";
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

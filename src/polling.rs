@@ -121,15 +121,18 @@ pub fn next_link(base: &str, path: &str, raw_query: &str, next_since: i64) -> St
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
-            let name = p.split('=').next().unwrap_or_default();
-            if name == "since" {
+            // Named as the route decodes it: `%73ince` is `since` too.
+            if crate::http::query::name_of(p) == "since" {
                 format!("since={next_since}")
             } else {
                 p.to_string()
             }
         })
         .collect();
-    if !params.iter().any(|p| p.starts_with("since=")) {
+    if !params
+        .iter()
+        .any(|p| crate::http::query::name_of(p) == "since")
+    {
         params.push(format!("since={next_since}"));
     }
     format!("<{base}{path}?{}>; rel=\"next\"", params.join("&"))
@@ -313,6 +316,11 @@ mod tests {
                 9
             ),
             "<http://h/api/vault/v?id=c%20d&history=true&limit=2&since=9>; rel=\"next\""
+        );
+        // However the client spelled the name.
+        assert_eq!(
+            next_link("http://h", "/v", "%73ince=4&limit=2&history=true", 9),
+            "<http://h/v?since=9&limit=2&history=true>; rel=\"next\""
         );
     }
 }

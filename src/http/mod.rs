@@ -26,7 +26,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware;
 use axum::routing::any;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -65,14 +65,23 @@ pub fn router(state: AppState, web_dir: Option<PathBuf>, cors_origin: Option<&st
     let app = web::serve(api, web_dir)
         // Spans name the route template, never the URI: paths can hold
         // session ids and query strings can hold client ids.
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_else(|| "(static)".to_owned());
-            tracing::info_span!("request", method = %req.method(), route)
-        }));
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "(static)".to_owned());
+                    tracing::info_span!("request", method = %req.method(), route)
+                })
+                // A fault is logged at error where it happens, with its
+                // detail (ApiError::Internal); the other 5xx (an unreachable
+                // database, a full room of long polls, shutting down) are
+                // the load's or the operator's, not faults: this line says
+                // that a response failed, at warn.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        );
     // CORS_ORIGIN may list several origins, comma-separated; a request from
     // any other origin gets no CORS headers at all.
     let origins: Vec<HeaderValue> = cors_origin

@@ -21,6 +21,13 @@ fn decode_bytes(raw: &str) -> Cow<'_, [u8]> {
     }
 }
 
+/// The decoded name of one `name=value` pair of a raw query string
+/// (undecodable bytes as U+FFFD: only for recognizing a name).
+pub fn name_of(pair: &str) -> String {
+    let raw = pair.split('=').next().unwrap_or_default();
+    String::from_utf8_lossy(&decode_bytes(raw)).into_owned()
+}
+
 /// A query value: its text, or the key it belongs to when its bytes are not
 /// UTF-8 (reported only if the route reads that field).
 enum Value {

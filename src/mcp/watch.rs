@@ -209,6 +209,8 @@ async fn listen(
             event = sub.recv() => match event {
                 Ok(Event::Entry { .. }) => true,
                 Ok(Event::Frame(frame)) => is_summary(frame.json()),
+                // Presence is not a change of the resource.
+                Ok(Event::Presence(_)) => false,
                 Ok(Event::Revoked(r)) => {
                     if req.principal.revoked_by(&r) {
                         return Stop::Revoked;

@@ -218,6 +218,8 @@ struct Live {
     vault_id: String,
     principal: Principal,
     cursor: i64,
+    /// The last presence frame sent.
+    presence: Frame,
     expires_at: Option<DateTime<Utc>>,
     ping_every: Duration,
     metrics: Metrics,
@@ -301,7 +303,7 @@ async fn greet<T: Transport>(
     )
     .await?;
     drop(summary);
-    send(t, &metrics, presence).await?;
+    send(t, &metrics, presence.clone()).await?;
     // Read after joining: a change of mode from here on also arrives live.
     let mode = hub
         .encryption_frame(&work_session)
@@ -334,6 +336,7 @@ async fn greet<T: Transport>(
         vault_id,
         principal,
         cursor,
+        presence,
         expires_at,
         ping_every,
         metrics,
@@ -347,6 +350,7 @@ async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End
         vault_id,
         principal,
         mut cursor,
+        mut presence,
         expires_at,
         ping_every,
         metrics,
@@ -381,6 +385,13 @@ async fn live_loop<T: Transport>(t: &mut T, hub: &Hub, live: Live) -> Result<End
                             if seq > cursor {
                                 t.feed(frame).await?;
                                 cursor = seq;
+                                fed += 1;
+                            }
+                        }
+                        Ok(Event::Presence(frame)) => {
+                            if frame.json() != presence.json() {
+                                t.feed(frame.clone()).await?;
+                                presence = frame;
                                 fed += 1;
                             }
                         }

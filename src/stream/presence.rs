@@ -137,7 +137,7 @@ pub async fn run(hub: Hub, mut dirty_rx: mpsc::UnboundedReceiver<String>, shutdo
                         Ok(p) => {
                             let frame = frames::presence(&p.listed, p.count);
                             hub.remember_presence(&vault_id, p);
-                            hub.broadcast(&vault_id, Event::Frame(frame));
+                            hub.broadcast(&vault_id, Event::Presence(frame));
                         }
                         Err(e) => tracing::warn!(error = %e, "reading presence failed"),
                     }

@@ -512,6 +512,8 @@ async fn client_mistakes_are_never_logged_as_errors() {
         .env("BIND_ADDR", "127.0.0.1")
         .env("RUST_LOG", "info")
         .env("HTTP_BODY_TIMEOUT_SECS", "1")
+        // Every long poll is refused (503): the load's answer, not a fault.
+        .env("LONG_POLL_MAX", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -525,6 +527,30 @@ async fn client_mistakes_are_never_logged_as_errors() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // A long poll beyond LONG_POLL_MAX, and MCP protocol mistakes (before
+    // the wrong tokens below block this address).
+    let api = TestApp::external(addr);
+    let (_, _, session) = api.work_session("desk").await;
+    let vault = api.create_vault(&session, "c", "").await;
+    let (status, body) = api
+        .vault_call(
+            Method::GET,
+            &format!("/api/vault/{vault}?since=0&wait=5"),
+            &session,
+            "c",
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let _ = api
+        .client
+        .post(format!("{}/mcp?id=c", api.base))
+        .header("authorization", format!("Bearer {session}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", "no-such-session")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "no/such/method"}))
+        .send()
+        .await;
     let long = "s".repeat(300);
     let requests: Vec<Vec<u8>> = vec![
         format!("GET /{long} HTTP/1.1\r\nHost: r\r\n\r\n").into_bytes(),

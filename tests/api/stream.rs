@@ -21,6 +21,7 @@ both_stores!(
     an_entry_at_the_size_limit_streams_intact,
     presence_shows_and_drops_a_non_ascii_watcher,
     presence_is_coalesced_when_many_watchers_join,
+    a_newcomer_is_not_told_of_its_own_join_twice,
     revoking_the_session_closes_its_streams,
     removing_the_astation_closes_its_streams,
     a_cursor_from_another_epoch_is_told_to_start_over,
@@ -352,6 +353,37 @@ async fn presence_is_coalesced_when_many_watchers_join(backend: Backend) {
     assert_eq!(last["count"], 41);
     assert_eq!(last["watchers"].as_array().unwrap().len(), 41);
     assert_eq!(last["watchers"][0]["atem_id"], "first", "oldest first");
+}
+
+/// Nothing but pings reaches `client` for `quiet` (the presence period
+/// and more).
+async fn assert_quiet(client: &mut crate::helpers::StreamClient, quiet: Duration, who: &str) {
+    if let Ok(event) = tokio::time::timeout(quiet, client.next_event()).await {
+        panic!("{who} got a frame it had already seen: {event:?}");
+    }
+}
+
+async fn a_newcomer_is_not_told_of_its_own_join_twice(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    let quiet = Duration::from_millis(2500);
+    let mut first = app.open_stream(&v, &s, "first", "atem_id=first").await;
+    assert_eq!(first.next_frame().await["type"], "hello");
+    assert_eq!(first.next_of("presence").await["count"], 1);
+    assert_eq!(first.next_frame().await["type"], "encryption");
+    // Its join is announced a moment later; it already showed this.
+    assert_quiet(&mut first, quiet, "the first watcher").await;
+
+    // A second watcher: the first hears of it, once; the second's greeting
+    // already shows both, and nothing repeats it.
+    let mut second = app.open_stream(&v, &s, "second", "atem_id=second").await;
+    assert_eq!(second.next_frame().await["type"], "hello");
+    assert_eq!(second.next_of("presence").await["count"], 2);
+    assert_eq!(second.next_frame().await["type"], "encryption");
+    assert_eq!(first.next_of("presence").await["count"], 2);
+    assert_quiet(&mut second, quiet, "the second watcher").await;
+    assert_quiet(&mut first, Duration::from_millis(100), "the first watcher").await;
 }
 
 async fn revoking_the_session_closes_its_streams(backend: Backend) {

@@ -21,7 +21,11 @@ use crate::store::{Revocation, Store, StoreError, Vault, Watcher, WatcherRecord}
 pub enum Event {
     /// A committed row, already serialized as an `entry` frame.
     Entry { seq: i64, frame: Frame },
-    /// Any other frame (summary, presence), already serialized.
+    /// Who watches the vault, already serialized. A stream skips one equal
+    /// to the last it sent: a newcomer's own join is announced to everyone
+    /// a moment after its greeting showed the same watchers.
+    Presence(Frame),
+    /// Any other frame (summary, encryption), already serialized.
     Frame(Frame),
     /// Credentials were revoked: every subscriber checks whether its own
     /// were. It travels with the rows, so a live stream listens to one
