@@ -84,9 +84,17 @@ mod takes {
 /// The header's credential, or `None` without one. `takes` is what the
 /// route accepts, named in the error for a header that is none of them.
 fn credential<'a>(headers: &'a HeaderMap, takes: &str) -> Result<Option<Credential<'a>>, ApiError> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    // Two credentials leave it to chance (or to whichever proxy reorders
+    // them) which one acts: refused, like two Idempotency-Keys.
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "send one Authorization header, not several: this route takes {takes}"
+        )));
+    }
     let value = value.to_str().map_err(|_| {
         ApiError::Unauthorized("the Authorization header is not readable text".into())
     })?;

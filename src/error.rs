@@ -192,7 +192,8 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(mut req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        declared_json(&mut req)?;
         match Json::<Object<T>>::from_request(req, state).await {
             Ok(Json(Object(v))) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
@@ -224,6 +225,59 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
             .deserialize_map(ObjectVisitor(std::marker::PhantomData))
             .map(Object)
     }
+}
+
+/// Reads a JSON `Content-Type` as RFC 9110 spells it (spaces around `;`,
+/// any case, parameters) and hands the body on as plain
+/// `application/json`; a charset other than UTF-8 is refused, since JSON
+/// bodies are UTF-8. Anything else is left to the JSON extractor's 415.
+fn declared_json(req: &mut Request) -> Result<(), ApiError> {
+    let Some(declared) = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let mut parts = declared.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or_default().to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !is_json {
+        return Ok(());
+    }
+    for param in parts {
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !value.eq_ignore_ascii_case("utf-8")
+            && !value.eq_ignore_ascii_case("utf8")
+        {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "JSON bodies are UTF-8: send the body as UTF-8 with Content-Type: \
+                 application/json (not charset={value})"
+            )));
+        }
+    }
+    req.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(())
+}
+
+/// A list of JSON objects as `Vec<T>`, for a body's nested lists
+/// (`#[serde(deserialize_with = "crate::error::objects")]`): each element
+/// must be an object, as the body itself must.
+pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let list = Vec::<Object<T>>::deserialize(deserializer)?;
+    Ok(list.into_iter().map(|Object(v)| v).collect())
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

@@ -72,7 +72,7 @@ pub struct RewriteRow {
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct RewriteBody {
     pub summary: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::error::objects")]
     pub entries: Vec<RewriteRow>,
 }
 

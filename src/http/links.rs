@@ -32,7 +32,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 struct CreateLinkBody {
-    /// Lifetime in seconds; the configured default when absent.
+    /// Lifetime in seconds, 1 to 90 days; LINK_TTL_SECS when absent.
+    #[schema(minimum = 1, maximum = 7_776_000)]
     expires_in_secs: Option<u64>,
 }
 

@@ -165,10 +165,19 @@ async fn open(
     // the stream, one before it fails the check.
     let revocations = state.hub.revocations();
     let (principal, client_id, read) = principal(state, addr, vault_id, &q, headers).await?;
-    let since = last_event_id
-        .or(q.since.as_deref())
-        .map(|s| parse_since(Some(s)))
-        .transpose()?;
+    let since = match last_event_id {
+        // Named as the client sent it: a bad header is not a bad `since`.
+        Some(id) => Some(parse_since(Some(id)).map_err(|_| {
+            ApiError::bad_request(format!(
+                "`Last-Event-ID` must be a seq (a non-negative integer), not `{id}`"
+            ))
+        })?),
+        None => q
+            .since
+            .as_deref()
+            .map(|s| parse_since(Some(s)))
+            .transpose()?,
+    };
     let expires_at = match &principal {
         Principal::Link { expires_at, .. } => Some(*expires_at),
         Principal::Session { .. } => None,

@@ -189,6 +189,29 @@ async fn credentials_are_checked_with_401(backend: Backend) {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {err}");
         assert!(error_text(&err).contains(hint), "{auth:?}: {err}");
     }
+    // Two Authorization headers, even two good ones: which one would act is
+    // not the client's to guess. Refused, and nothing is written.
+    for second in [format!("session {s}"), format!("Bearer {token}")] {
+        let resp = app
+            .client
+            .post(format!("{}{path}", app.base))
+            .header("authorization", format!("session {s}"))
+            .header("authorization", second.as_str())
+            .json(&json!({"text": "two credentials"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{second}");
+        let err: Value = resp.json().await.unwrap();
+        assert!(
+            error_text(&err).contains("one Authorization header"),
+            "{err}"
+        );
+    }
+    assert!(
+        app.read(&v, &s, "c", "").await.is_empty(),
+        "nothing written"
+    );
 }
 
 async fn a_header_of_the_wrong_shape_is_told_what_its_route_takes(backend: Backend) {
@@ -307,6 +330,42 @@ async fn bodies_that_are_not_json_get_415(backend: Backend) {
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
         assert!(error_text(&err).contains("application/json"), "{err}");
     }
+    // JSON however RFC 9110 lets a client spell it is taken.
+    for (i, ct) in [
+        "application/json ; charset=utf-8",
+        "Application/JSON;charset=\"UTF-8\"",
+        "application/json;  charset=utf8",
+        "application/vnd.atem+json",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = raw(
+            &app,
+            Method::POST,
+            &format!("/api/vault/{v}?id=c"),
+            Some(&s),
+            Some(ct),
+            format!("{{\"text\": \"spelling {i}\"}}").into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{ct}: {body}");
+    }
+    // A charset other than UTF-8 is refused, saying why; nothing is written.
+    let before = app.read(&v, &s, "c", "history=true").await.len();
+    let (status, err) = raw(
+        &app,
+        Method::POST,
+        &format!("/api/vault/{v}?id=c"),
+        Some(&s),
+        Some("application/json; charset=latin1"),
+        b"{\"text\": \"caf\xe9\"}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{err}");
+    assert!(error_text(&err).contains("UTF-8"), "{err}");
+    assert!(error_text(&err).contains("charset=latin1"), "{err}");
+    assert_eq!(app.read(&v, &s, "c", "history=true").await.len(), before);
 }
 
 async fn unknown_routes_and_methods_answer_json(backend: Backend) {

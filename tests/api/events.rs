@@ -365,6 +365,20 @@ async fn refusals_come_before_the_response_as_json(backend: Backend) {
             }
         }
     }
+    // A bad resume header is named as the header, not as `since`.
+    match app
+        .events(&v, Some(&home), "c", "", &[("last-event-id", "later")])
+        .await
+    {
+        Ok(_) => panic!("streamed with a bad Last-Event-ID"),
+        Err((_, body)) => {
+            let text = body["error"].as_str().unwrap_or_default();
+            assert!(
+                text.contains("`Last-Event-ID`") && text.contains("later"),
+                "{body}"
+            );
+        }
+    }
 }
 
 async fn revoking_the_session_sends_a_close_event_and_ends(backend: Backend) {

@@ -166,6 +166,12 @@ async fn a_rewrite_naming_a_missing_row_changes_nothing(backend: Backend) {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = rewrite(&app, &v, &s, "c", json!({"entries": []})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "the summary is required");
+    // A row must be an object, as the body must: not its fields in a list.
+    let listed = json!({"summary": seal(KID, "summary"),
+                        "entries": [[1, 1, seal(KID, "one")]]});
+    let (status, body) = rewrite(&app, &v, &s, "c", listed).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(error(&body).contains("a JSON object"), "{body}");
     assert_eq!(app.read(&v, &s, "c", "history=true").await, before);
 }
 
