@@ -16,8 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::time::Instant;
 
 use super::frames::{
-    self, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_REVOKED, CLOSE_SLOW_CONSUMER,
-    CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, Frame,
+    self, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NOT_UTF8, CLOSE_POLICY, CLOSE_PROTOCOL,
+    CLOSE_REVOKED, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, Frame,
 };
 use super::hub::{Event, Hub, Joined};
 use crate::auth::{self, Principal};
@@ -104,6 +104,10 @@ pub enum End {
     Unresponsive,
     TooBig,
     TooManyFrames,
+    /// The client broke the WebSocket protocol.
+    BadFrame,
+    /// The client sent text that is not UTF-8.
+    NotUtf8,
     Fault(String),
 }
 
@@ -124,6 +128,8 @@ impl End {
             End::Unresponsive => Some((CLOSE_UNRESPONSIVE, "no answer to ping")),
             End::TooBig => Some((CLOSE_TOO_BIG, "client message over 64 KiB")),
             End::TooManyFrames => Some((CLOSE_POLICY, "too many client frames per second")),
+            End::BadFrame => Some((CLOSE_PROTOCOL, "WebSocket protocol error")),
+            End::NotUtf8 => Some((CLOSE_NOT_UTF8, "text message is not UTF-8")),
             End::Fault(_) => Some((CLOSE_INTERNAL, "server error; reconnect with since")),
         }
     }

@@ -24,6 +24,11 @@ pub const CLOSE_UNRESPONSIVE: u16 = 4002;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: the client sent a message larger than the relay accepts.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the client broke the WebSocket protocol (an unmasked or
+/// malformed frame, a bad close code).
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code: the client sent a text message that is not UTF-8.
+pub const CLOSE_NOT_UTF8: u16 = 1007;
 
 /// One frame, serialized once: the JSON text and, each built on first use
 /// and then shared by every subscriber that sends it, the frame as a

@@ -238,6 +238,8 @@ impl Transport for WebSocket {
                 Some(Ok(Message::Close(_))) => return End::ClientClosed,
                 Some(Ok(msg)) => msg,
                 Some(Err(WsError::Capacity(_))) => return End::TooBig,
+                Some(Err(WsError::Protocol(_))) => return End::BadFrame,
+                Some(Err(WsError::Utf8(_))) => return End::NotUtf8,
                 Some(Err(_)) | None => return End::ClientGone,
             };
             self.last_heard = Instant::now();
@@ -265,7 +267,10 @@ impl Transport for WebSocket {
         }
         let mut socket = self.socket;
         let Some((code, reason)) = end.close() else {
-            let _ = timeout(CLOSE_WAIT, socket.close(None)).await;
+            // A client that closed has its close frame answered: the library
+            // queued the reply when it read the close, and a flush sends it
+            // (a close of our own would be refused as a send after closing).
+            let _ = timeout(CLOSE_WAIT, SinkExt::flush(&mut socket)).await;
             return;
         };
         let close = Message::Close(Some(CloseFrame {

@@ -26,6 +26,7 @@ both_stores!(
     every_stream_open_gives_its_turn_back,
     every_stream_open_gives_its_check_back,
     a_replay_does_not_hold_up_the_next_open,
+    a_clients_close_is_answered_with_its_code,
 );
 
 type Ws = WebSocketStream<TcpStream>;
@@ -380,4 +381,47 @@ async fn a_replay_does_not_hold_up_the_next_open(backend: Backend) {
         }
     }
     assert_eq!(next_text(&mut behind).await["type"], "caught_up");
+}
+
+/// A client's close is answered with its code (the close handshake), and
+/// a client that breaks the protocol is told which rule it broke.
+async fn a_clients_close_is_answered_with_its_code(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, s) = app.work_session("home").await;
+    let v = app.create_vault(&s, "c", "").await;
+    for code in [1000u16, 1001, 4000] {
+        let mut ws = connect(&app, &v, &s, "closer", "", None).await;
+        assert_eq!(next_text(&mut ws).await["type"], "hello");
+        ws.send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: code.into(),
+                reason: "done".into(),
+            },
+        )))
+        .await
+        .expect("send the close");
+        // The relay answers the close handshake with the same code.
+        let answer = loop {
+            match tokio::time::timeout(FRAME_WAIT, ws.next()).await {
+                Ok(Some(Ok(Message::Close(c)))) => break c.map(|c| u16::from(c.code)),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no close frame back for {code}: {other:?}"),
+            }
+        };
+        assert_eq!(answer, Some(code));
+    }
+    // Frames that break the protocol close with its code: an unmasked frame
+    // (1002), a text message that is not UTF-8 (1007; masked with zeros).
+    for (raw, want) in [
+        (vec![0x81u8, 0x02, b'h', b'i'], 1002u16),
+        (vec![0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe], 1007),
+    ] {
+        let mut ws = connect(&app, &v, &s, "breaker", "", None).await;
+        assert_eq!(next_text(&mut ws).await["type"], "hello");
+        tokio::io::AsyncWriteExt::write_all(ws.get_mut(), &raw)
+            .await
+            .expect("raw frame");
+        let got = read_to_end(&mut ws).await;
+        assert_eq!(got.close, Some(want), "{raw:?}: {got:?}");
+    }
 }
