@@ -42,11 +42,17 @@ pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(base) = &state.settings.public_base_url {
         return base.clone();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}")
+    from_host(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// `http://<host>` for a `Host` header that is a plain authority (a name or
+/// address and an optional port), else `http://localhost`: whatever a
+/// client puts there goes into URLs and `Link` headers.
+fn from_host(host: Option<&str>) -> String {
+    let plain = host.filter(|h| {
+        !h.contains('@') && axum::http::uri::Authority::try_from(*h).is_ok_and(|a| a.as_str() == *h)
+    });
+    format!("http://{}", plain.unwrap_or("localhost"))
 }
 
 /// A link as listed (never its secret).
@@ -212,4 +218,23 @@ async fn revoke(
         ));
     }
     Ok(Json(Empty {}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_host;
+
+    #[test]
+    fn only_a_plain_host_goes_into_urls() {
+        assert_eq!(
+            from_host(Some("relay.example:8080")),
+            "http://relay.example:8080"
+        );
+        assert_eq!(from_host(Some("127.0.0.1:3000")), "http://127.0.0.1:3000");
+        assert_eq!(from_host(Some("[::1]:3000")), "http://[::1]:3000");
+        for odd in ["a>; rel=\"x\"", "user@evil", "a b", "a/b", "", "a?b"] {
+            assert_eq!(from_host(Some(odd)), "http://localhost", "{odd:?}");
+        }
+        assert_eq!(from_host(None), "http://localhost");
+    }
 }
