@@ -519,12 +519,9 @@ pub async fn revoke(
     session_id: &str,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    let presented = credential(headers, takes::REVOKE)?;
-    if presented.is_some() {
-        state.limits.check_credential(addr)?;
-    }
-    let record = match presented {
+    let record = match credential(headers, takes::REVOKE)? {
         Some(Credential::Session(presented)) => {
+            state.limits.check_credential(addr)?;
             // Both ids come from this request, so a plain comparison leaks
             // nothing; made before any lookup, so that this refusal says
             // nothing of whether the path's session exists.

@@ -239,6 +239,9 @@ fn declared_json(req: &mut Request) -> Result<(), ApiError> {
     else {
         return Ok(());
     };
+    if declared == "application/json" {
+        return Ok(());
+    }
     let mut parts = declared.split(';').map(str::trim);
     let essence = parts.next().unwrap_or_default().to_ascii_lowercase();
     let is_json = essence == "application/json"

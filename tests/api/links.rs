@@ -14,7 +14,12 @@ both_stores!(
 );
 
 /// Creates a link; returns (link_id, secret, body).
-async fn link(app: &TestApp, vault: &str, session: &str, body: Value) -> (String, String, Value) {
+pub(crate) async fn link(
+    app: &TestApp,
+    vault: &str,
+    session: &str,
+    body: Value,
+) -> (String, String, Value) {
     let (status, created) = app
         .vault_call(
             Method::POST,

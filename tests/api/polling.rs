@@ -627,26 +627,6 @@ async fn a_held_poll_ends_when_its_session_is_revoked_on_another_replica() {
     assert_refused(&a, poll, "revoked").await;
 }
 
-/// A read-only link to `vault` made by `session`: (link id, secret).
-async fn link(app: &TestApp, vault: &str, session: &str, expires_in_secs: u64) -> (String, String) {
-    let (status, created) = app
-        .vault_call(
-            reqwest::Method::POST,
-            &format!("/api/vault/{vault}/links"),
-            session,
-            "c",
-            Some(json!({ "expires_in_secs": expires_in_secs })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{created}");
-    let url = created["url"].as_str().expect("url");
-    let secret = url.split("link=").nth(1).expect("the secret");
-    (
-        created["link_id"].as_str().unwrap().to_string(),
-        secret.to_string(),
-    )
-}
-
 async fn a_held_link_poll_ends_when_the_link_is_revoked_or_expires(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, _, s) = app.work_session("home").await;
@@ -656,7 +636,7 @@ async fn a_held_link_poll_ends_when_the_link_is_revoked_or_expires(backend: Back
         .unwrap();
 
     // Revoked while held: the next row is not its answer.
-    let (id, secret) = link(&app, &v, &s, 600).await;
+    let (id, secret, _) = crate::links::link(&app, &v, &s, json!({"expires_in_secs": 600})).await;
     let poll = hold_poll(&app, &v, head, format!("link {secret}")).await;
     let (status, body) = app
         .vault_call(
@@ -675,7 +655,7 @@ async fn a_held_link_poll_ends_when_the_link_is_revoked_or_expires(backend: Back
 
     // Expiring while held: answered at its expiry, before a row written
     // after it could be.
-    let (_, secret) = link(&app, &v, &s, 2).await;
+    let (_, secret, _) = crate::links::link(&app, &v, &s, json!({"expires_in_secs": 2})).await;
     let poll = hold_poll(&app, &v, head, format!("link {secret}")).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     app.write(&v, &s, "c", "after the expiry", None).await;

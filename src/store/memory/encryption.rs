@@ -37,6 +37,72 @@ impl State {
             kid,
         )
     }
+
+    /// The rewrite under the lock: checks everything, then moves the rows;
+    /// returns the first new seq and how many rows moved.
+    fn rewrite(&mut self, rewrite: &Rewrite) -> StoreResult<(i64, i64)> {
+        let work_session = self.work_session_of(&rewrite.vault_id)?;
+        let mode = self.mode(&work_session);
+        let fits = encryption::mode::rewrite_runs_in(mode.mode)
+            && encryption::mode::accepts_rewrite(&mode, &rewrite.summary)
+            && rewrite
+                .entries
+                .iter()
+                .all(|r| encryption::mode::accepts_rewrite(&mode, &r.content));
+        if !fits {
+            return Err(StoreError::ModeMismatch(mode));
+        }
+        let next_seq = self.next_seq;
+        let vs = self
+            .vaults
+            .get_mut(&rewrite.vault_id)
+            .ok_or(StoreError::VaultNotFound)?;
+        let index: HashMap<(i64, i64), usize> = vs
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(at, row)| ((row.entry_no, row.version), at))
+            .collect();
+        let mut positions = Vec::with_capacity(rewrite.entries.len());
+        for r in &rewrite.entries {
+            let at =
+                index
+                    .get(&(r.entry_no, r.version))
+                    .copied()
+                    .ok_or(StoreError::RowNotFound {
+                        entry_no: r.entry_no,
+                        version: r.version,
+                    })?;
+            positions.push(at);
+        }
+        // Checks are done; from here on nothing fails. Rewritten rows
+        // leave their place and join the end of the log with fresh
+        // seqs, in the order listed, so rows stay in seq order.
+        let mut moved: Vec<Entry> = positions.iter().map(|&at| vs.rows[at].clone()).collect();
+        let mut leaving = vec![false; vs.rows.len()];
+        for at in positions {
+            leaving[at] = true;
+        }
+        let mut at = 0;
+        vs.rows.retain(|_| {
+            at += 1;
+            !leaving[at - 1]
+        });
+        let mut seq = next_seq;
+        for (row, r) in moved.iter_mut().zip(&rewrite.entries) {
+            seq += 1;
+            row.seq = seq;
+            row.content = r.content.clone();
+        }
+        vs.rows.extend(moved);
+        vs.vault.summary = rewrite.summary.clone();
+        let count = rewrite.entries.len() as i64;
+        if count > 0 {
+            vs.vault.head_seq = seq;
+        }
+        self.next_seq = seq;
+        Ok((next_seq + 1, count))
+    }
 }
 
 /// Moves a work session's mode as `change` asks, when the plan allows; the
@@ -78,69 +144,7 @@ pub(super) fn set_mode(
 /// Replaces the listed rows' content (and the summary) in one step under
 /// the lock: the rows move to the end of the log with fresh seqs.
 pub(super) fn rewrite_vault(store: &MemoryStore, rewrite: &Rewrite) -> StoreResult<i64> {
-    let (first_seq, count) =
-        {
-            let mut st = store.lock();
-            let work_session = st.work_session_of(&rewrite.vault_id)?;
-            let mode = st.mode(&work_session);
-            let fits = encryption::mode::rewrite_runs_in(mode.mode)
-                && encryption::mode::accepts_rewrite(&mode, &rewrite.summary)
-                && rewrite
-                    .entries
-                    .iter()
-                    .all(|r| encryption::mode::accepts_rewrite(&mode, &r.content));
-            if !fits {
-                return Err(StoreError::ModeMismatch(mode));
-            }
-            let next_seq = st.next_seq;
-            let vs = st
-                .vaults
-                .get_mut(&rewrite.vault_id)
-                .ok_or(StoreError::VaultNotFound)?;
-            let index: HashMap<(i64, i64), usize> = vs
-                .rows
-                .iter()
-                .enumerate()
-                .map(|(at, row)| ((row.entry_no, row.version), at))
-                .collect();
-            let mut positions = Vec::with_capacity(rewrite.entries.len());
-            for r in &rewrite.entries {
-                let at = index.get(&(r.entry_no, r.version)).copied().ok_or(
-                    StoreError::RowNotFound {
-                        entry_no: r.entry_no,
-                        version: r.version,
-                    },
-                )?;
-                positions.push(at);
-            }
-            // Checks are done; from here on nothing fails. Rewritten rows
-            // leave their place and join the end of the log with fresh
-            // seqs, in the order listed, so rows stay in seq order.
-            let mut moved: Vec<Entry> = positions.iter().map(|&at| vs.rows[at].clone()).collect();
-            let mut leaving = vec![false; vs.rows.len()];
-            for at in positions {
-                leaving[at] = true;
-            }
-            let mut at = 0;
-            vs.rows.retain(|_| {
-                at += 1;
-                !leaving[at - 1]
-            });
-            let mut seq = next_seq;
-            for (row, r) in moved.iter_mut().zip(&rewrite.entries) {
-                seq += 1;
-                row.seq = seq;
-                row.content = r.content.clone();
-            }
-            vs.rows.extend(moved);
-            vs.vault.summary = rewrite.summary.clone();
-            let count = rewrite.entries.len() as i64;
-            if count > 0 {
-                vs.vault.head_seq = seq;
-            }
-            st.next_seq = seq;
-            (next_seq + 1, count)
-        };
+    let (first_seq, count) = store.lock().rewrite(rewrite)?;
     for seq in first_seq..first_seq + count {
         store.announce(Notice::Entry {
             vault_id: rewrite.vault_id.clone(),

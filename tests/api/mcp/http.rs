@@ -271,21 +271,7 @@ async fn an_mcp_session_stays_with_the_credential_that_opened_it() {
     let post = |session: &str, mcp_session: Option<&str>, body: Value| {
         mcp_post(&app, session, mcp_session, &body).send()
     };
-    let opened = post(
-        &mine,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
-    let id = opened.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    post(&mine, Some(&id), initialized).await.unwrap();
+    let id = initialize(&app, &mine).await;
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                       "params": {"name": "vault_list", "arguments": {}}});
     // Another valid session cannot use this MCP session.
@@ -424,9 +410,9 @@ async fn revoking_the_session_ends_its_mcp_access() {
     );
 }
 
-/// Opens an MCP session on `app` as `session` (initialize, initialized) and
-/// its event stream; returns the open stream's response.
-async fn open_event_stream(app: &TestApp, session: &str) -> reqwest::Response {
+/// Opens an MCP session on `app` as `session` by hand (initialize, then
+/// initialized); returns its `Mcp-Session-Id`.
+async fn initialize(app: &TestApp, session: &str) -> String {
     let opened = mcp_post(
         app,
         session,
@@ -448,6 +434,13 @@ async fn open_event_stream(app: &TestApp, session: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap();
+    id
+}
+
+/// Opens an MCP session on `app` as `session` and its event stream;
+/// returns the open stream's response.
+async fn open_event_stream(app: &TestApp, session: &str) -> reqwest::Response {
+    let id = initialize(app, session).await;
     let events = app
         .client
         .get(format!("{}/mcp?id=agent-1", app.base))
