@@ -193,9 +193,11 @@ pub async fn wait_for_row(
     let mut sub = state.hub.watch(vault_id, head_seq);
     // A row may have committed, or the credential been revoked, between the
     // caller's checks and subscribing; from here on both reach the
-    // subscription.
-    auth::still_valid(state.store.as_ref(), principal).await?;
+    // subscription. Whenever rows are found, the credential is checked
+    // after they were seen: a row committed after a revocation is only
+    // seen after the revocation, so it is never the answer.
     let head = current_head(state, vault_id).await?;
+    auth::still_valid(state.store.as_ref(), principal).await?;
     if head > since {
         return Ok(head);
     }
@@ -218,7 +220,13 @@ pub async fn wait_for_row(
                 return Err(ApiError::Unauthorized("this link has expired".into()));
             }
             event = sub.recv() => match event {
-                Ok(Event::Entry { seq, .. }) if seq > since => return Ok(seq),
+                Ok(Event::Entry { seq, .. }) if seq > since => {
+                    // The hub may carry a row before a revocation committed
+                    // earlier (a row committed here goes out at once, the
+                    // revocation comes as a notice): ask the store.
+                    auth::still_valid(state.store.as_ref(), principal).await?;
+                    return Ok(seq);
+                }
                 Ok(Event::Revoked(r)) if principal.revoked_by(&r) => {
                     return Err(access_ended(state, principal).await);
                 }
@@ -226,8 +234,8 @@ pub async fn wait_for_row(
                 // Missed events: ask the store what is committed, and
                 // whether a revocation was among them.
                 Err(RecvError::Lagged(_)) => {
-                    auth::still_valid(state.store.as_ref(), principal).await?;
                     let head = current_head(state, vault_id).await?;
+                    auth::still_valid(state.store.as_ref(), principal).await?;
                     if head > since {
                         return Ok(head);
                     }
